@@ -1,0 +1,127 @@
+"""Validated schemas (pydantic) for every YAML config raymlc reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Self, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Strict(BaseModel):
+    """Base for config sections: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DemoConfig(Strict):
+    """The built-in polyphonic demo dataset (see `raymlc.data.demo`)."""
+
+    seed: int = 0
+    sample_rate: int = Field(16000, gt=0)
+    clip_seconds: float = Field(3.0, gt=0)
+    n_train: int = Field(1000, ge=1)
+    n_val: int = Field(250, ge=1)
+    n_test: int = Field(250, ge=1)
+    min_events: int = Field(1, ge=1)
+    max_events: int = Field(4, ge=1)
+    drop_fraction: float = Field(0.3, ge=0, lt=1)
+    removal: Literal["structured", "random"] = "structured"
+    explicit_negative_rate: float = Field(0.3, ge=0, le=1)
+    audio_format: Literal["flac", "wav"] = "flac"
+
+    @model_validator(mode="after")
+    def _events(self) -> Self:
+        if self.max_events < self.min_events:
+            raise ValueError("max_events must be >= min_events")
+        return self
+
+
+class DataConfig(Strict):
+    """Where the manifest is and which labels to train on."""
+
+    manifest: str
+    # Optional separate test manifest (e.g. MULAN's -test.arff, AudioSet's eval set): its rows are the
+    # test split and `manifest` is split into train/val only.
+    test_manifest: str | None = None
+    format: str | None = None
+    options: dict[str, str] = Field(default_factory=dict)
+    # "observed": `labels` as given; "clean": `labels` ∪ `removed_labels` (the oracle, when recorded).
+    label_source: Literal["observed", "clean"] = "observed"
+    # When the manifest has no split column: fractions for a seeded multi-label stratified split.
+    val_fraction: float = Field(0.15, ge=0, lt=1)
+    test_fraction: float = Field(0.15, ge=0, lt=1)
+    split_seed: int = 0
+
+
+class FrontEndConfig(Strict):
+    """Log-mel front end; the window is the number of seconds the model sees at once."""
+
+    sample_rate: int = Field(16000, gt=0)
+    window_seconds: float = Field(3.0, gt=0)
+    n_fft: int = Field(512, gt=0)
+    win_length: int = Field(512, gt=0)
+    hop_length: int = Field(256, gt=0)
+    n_mels: int = Field(64, gt=0)
+    f_min: float = Field(50.0, ge=0)
+    f_max: float | None = None
+    top_db: float = Field(80.0, gt=0)
+    freq_mask: int = Field(8, ge=0)
+    time_mask: int = Field(24, ge=0)
+
+
+class ModelConfig(Strict):
+    """`cnn` eats waveforms through the log-mel front end; `mlp` eats `features` vectors."""
+
+    kind: Literal["cnn", "mlp"] = "cnn"
+    channels: list[int] = Field(default_factory=lambda: [16, 32, 64, 128], min_length=1)
+    hidden: list[int] = Field(default_factory=lambda: [256, 128], min_length=1)
+    embedding_dim: int = Field(128, gt=0)
+    dropout: float = Field(0.2, ge=0, lt=1)
+
+
+class TrainConfig(Strict):
+    """The single-process training loop (Ray Train wraps the same loop)."""
+
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    loss: Literal["bce", "sigmoid_f1"] = "bce"
+    sigmoid_f1_beta: float = Field(1.0, gt=0)
+    sigmoid_f1_eta: float = 0.0
+    seed: int = 0
+    num_threads: int | None = Field(None, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+
+
+class RunConfig(Strict):
+    """A whole `raymlc train`/`evaluate` config file."""
+
+    data: DataConfig
+    frontend: FrontEndConfig = Field(default_factory=FrontEndConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+SchemaT = TypeVar("SchemaT", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A config file that is missing, not YAML, or does not match its schema."""
+
+
+def load_config(path: str | Path, schema: type[SchemaT] = RunConfig) -> SchemaT:
+    """Read a YAML file and validate it against `schema`; errors name the file and the field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    try:
+        return schema.model_validate(raw or {})
+    except ValidationError as error:
+        raise ConfigError(f"{path}: invalid config:\n{error}") from None

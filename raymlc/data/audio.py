@@ -1,0 +1,178 @@
+"""Decode audio clips (local files or s3://, gs:// URIs) to mono float32 and cut fixed-size windows."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlsplit
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+# libsndfile shrinks a truncated WAV's length to what is on disk and only says so in its log.
+_TRUNCATED_WAV = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.MULTILINE)
+# Compressed formats whose frame count is an estimate: a short read within this fraction is not an error.
+_LENGTH_TOLERANCE = {"MP3": 0.01}
+_DECODE_ERRORS = (OSError, RuntimeError, ValueError, TypeError, EOFError, pa.ArrowException)
+
+
+class AudioError(Exception):
+    """A clip that cannot be used: missing, undecodable, empty or non-finite audio."""
+
+    def __init__(self, clip_id: str, reason: str) -> None:
+        super().__init__(clip_id, reason)  # args stay (clip_id, reason) so the error pickles across processes
+        self.clip_id = clip_id
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"clip {self.clip_id}: {self.reason}"
+
+
+def _has_scheme(source: str) -> bool:
+    # A one-letter "scheme" is a Windows drive (C:\...), not a URI.
+    return len(urlsplit(source).scheme) > 1
+
+
+def _open(source: str, clip_id: str) -> str | IO[bytes]:
+    """A path soundfile opens itself, or a seekable pyarrow file for URIs."""
+    if _has_scheme(source):
+        filesystem, path = pafs.FileSystem.from_uri(source)
+        return filesystem.open_input_file(path)
+    if not Path(source).is_file():
+        raise AudioError(clip_id, f"file not found: {source}")
+    return source
+
+
+def _frame_range(
+    start_s: float | None, end_s: float | None, sample_rate: int, frames: int, clip_id: str
+) -> tuple[int, int]:
+    """[start, stop) in frames of the file; the end is clipped to the file's length."""
+    for name, value in (("start_s", start_s), ("end_s", end_s)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise AudioError(clip_id, f"invalid segment: {name}={value}")
+    start = round(start_s * sample_rate) if start_s is not None else 0
+    stop = min(frames, round(end_s * sample_rate)) if end_s is not None else frames
+    if frames == 0:
+        raise AudioError(clip_id, "zero-length audio")
+    if stop <= start:
+        duration = frames / sample_rate
+        raise AudioError(clip_id, f"empty segment [{start_s}, {end_s}) s of {duration:.3f} s of audio")
+    return start, stop
+
+
+def _check_truncated_wav(file: sf.SoundFile, clip_id: str) -> None:
+    match = _TRUNCATED_WAV.search(file.extra_info)
+    if match and int(match[1]) > int(match[2]):
+        raise AudioError(clip_id, f"truncated file: header promises {match[1]} data bytes, found {match[2]}")
+
+
+def _read(
+    handle: str | IO[bytes], clip_id: str, start_s: float | None, end_s: float | None
+) -> tuple[np.ndarray, int]:
+    """The [start_s, end_s) segment as [frames, channels] float32 and the file's sample rate."""
+    with sf.SoundFile(handle) as file:
+        _check_truncated_wav(file, clip_id)
+        start, stop = _frame_range(start_s, end_s, file.samplerate, file.frames, clip_id)
+        if start:
+            file.seek(start)
+        data = file.read(stop - start, dtype="float32", always_2d=True)
+        missing = stop - start - len(data)
+        if missing > _LENGTH_TOLERANCE.get(file.format, 0.0) * file.frames or not len(data):
+            raise AudioError(clip_id, f"truncated file: decoded {len(data)} of {stop - start} frames")
+        return data, file.samplerate
+
+
+def decode_audio(
+    source: str | Path,
+    *,
+    clip_id: str,
+    sample_rate: int,
+    start_s: float | None = None,
+    end_s: float | None = None,
+) -> np.ndarray:
+    """Mono float32 audio of `source` at `sample_rate`, only the [start_s, end_s) segment when given.
+
+    Local paths are read with soundfile; URIs with a scheme (s3://, gs://, file://) through pyarrow.fs.
+    Any failure is raised as `AudioError` naming the clip.
+    """
+    if not source:
+        raise AudioError(clip_id, "no audio path")
+    source = str(source)
+    try:
+        handle = _open(source, clip_id)
+        try:
+            data, file_rate = _read(handle, clip_id, start_s, end_s)
+        finally:
+            if not isinstance(handle, str):
+                handle.close()
+    except AudioError:
+        raise
+    except _DECODE_ERRORS as error:
+        raise AudioError(clip_id, f"cannot decode {source}: {error}") from error
+    if not np.isfinite(data).all():
+        raise AudioError(clip_id, "audio contains NaN or Inf samples")
+    wave = data.mean(axis=1, dtype=np.float32)
+    if file_rate != sample_rate:
+        wave = AF.resample(torch.from_numpy(wave), file_rate, sample_rate).numpy()
+    return wave
+
+
+def fit_window(wave: np.ndarray, n_samples: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Exactly `n_samples`: a random crop of longer clips when `rng` is given, else the left-aligned
+    window; shorter clips are zero-padded on the right."""
+    wave = np.asarray(wave, dtype=np.float32)
+    if len(wave) > n_samples:
+        start = int(rng.integers(0, len(wave) - n_samples + 1)) if rng is not None else 0
+        return wave[start : start + n_samples].copy()
+    return np.pad(wave, (0, n_samples - len(wave)))
+
+
+def eval_windows(wave: np.ndarray, n_samples: int, hop: int | None = None) -> np.ndarray:
+    """[W, n_samples] windows every `hop` samples (default `n_samples`) covering the whole clip;
+    the last one is zero-padded and there is always at least one."""
+    hop = hop or n_samples
+    wave = np.asarray(wave, dtype=np.float32)
+    n_windows = 1 + max(0, math.ceil((len(wave) - n_samples) / hop))
+    padded = np.pad(wave, (0, (n_windows - 1) * hop + n_samples - len(wave)))
+    return np.lib.stride_tricks.sliding_window_view(padded, n_samples)[::hop].copy()
+
+
+def load_clips(
+    rows: Iterable[Mapping],
+    *,
+    sample_rate: int,
+    n_samples: int,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, list[str], list[dict]]:
+    """Decode manifest rows (clip_id, audio, start_s, end_s) into a [B, n_samples] batch.
+
+    Returns the windows, the clip_ids that loaded and {"clip_id", "audio", "reason"} for each clip that
+    did not; a bad clip never stops the batch.
+    """
+    windows: list[np.ndarray] = []
+    loaded: list[str] = []
+    rejects: list[dict] = []
+    for row in rows:
+        clip_id = row["clip_id"]
+        try:
+            wave = decode_audio(
+                row["audio"],
+                clip_id=clip_id,
+                sample_rate=sample_rate,
+                start_s=row.get("start_s"),
+                end_s=row.get("end_s"),
+            )
+        except AudioError as error:
+            rejects.append({"clip_id": clip_id, "audio": row["audio"], "reason": error.reason})
+            continue
+        windows.append(fit_window(wave, n_samples, rng))
+        loaded.append(clip_id)
+    batch = np.stack(windows) if windows else np.zeros((0, n_samples), dtype=np.float32)
+    return batch, loaded, rejects
