@@ -2,7 +2,7 @@
 
 A split is loaded once into memory (`SplitData`): decoded waveforms (cropped to the model window at
 batch time, randomly when training) or feature vectors, with multi-hot targets. Clip-level scores
-are the max over a clip's windows of the per-window logits, turned into probabilities.
+are the max over a clip's windows of the per-window logits.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+from scipy.special import expit
 from torch import nn
 
 from raymlc.config import FrontEndConfig, TrainConfig
@@ -148,29 +149,27 @@ def train_epoch(
 def predict(
     model: nn.Module, data: SplitData, batch_size: int, window_samples: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Clip-level probabilities [N, C] and embeddings [N, E] (max / mean over a clip's windows)."""
+    """Clip-level logits [N, C] and embeddings [N, E] (max / mean over a clip's windows)."""
     model.eval()
-    scores, embeddings = [], []
+    logits, embeddings = [], []
     for start in range(0, len(data), batch_size):
         if data.is_audio:
             windows = [eval_windows(w, window_samples) for w in data.inputs[start : start + batch_size]]
             counts = [len(w) for w in windows]
             output = model(torch.from_numpy(np.concatenate(windows)))
-            logits = [chunk.amax(dim=0) for chunk in output.logits.split(counts)]
-            embedding = [chunk.mean(dim=0) for chunk in output.embedding.split(counts)]
-            scores.append(torch.sigmoid(torch.stack(logits)))
-            embeddings.append(torch.stack(embedding))
+            logits.append(torch.stack([chunk.amax(dim=0) for chunk in output.logits.split(counts)]))
+            embeddings.append(torch.stack([chunk.mean(dim=0) for chunk in output.embedding.split(counts)]))
         else:
             output = model(torch.from_numpy(data.inputs[start : start + batch_size]))
-            scores.append(torch.sigmoid(output.logits))
+            logits.append(output.logits)
             embeddings.append(output.embedding)
-    return torch.cat(scores).numpy(), torch.cat(embeddings).numpy()
+    return torch.cat(logits).numpy(), torch.cat(embeddings).numpy()
 
 
 def evaluate(model: nn.Module, data: SplitData, batch_size: int, window_samples: int | None) -> dict:
     """Test metrics (mAP, d′, lwlrap, micro/macro F1 at 0.5) of `model` on `data`."""
-    scores, _ = predict(model, data, batch_size, window_samples)
-    return summarize(data.targets, scores)
+    logits, _ = predict(model, data, batch_size, window_samples)
+    return summarize(data.targets, expit(logits))
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
