@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -32,9 +33,7 @@ def cmd_make_demo(args: argparse.Namespace) -> None:
     overrides = {"seed": args.seed, "drop_fraction": args.drop_fraction, "removal": args.removal}
     config = load_config(args.config, DemoConfig) if args.config else DemoConfig()
     try:
-        config = DemoConfig.model_validate(
-            config.model_dump() | {k: v for k, v in overrides.items() if v is not None}
-        )
+        config = DemoConfig.model_validate(config.model_dump() | {k: v for k, v in overrides.items() if v is not None})
     except ValidationError as error:
         raise ConfigError(f"invalid demo option:\n{error}") from None
 
@@ -52,9 +51,23 @@ def cmd_train(args: argparse.Namespace) -> None:
     config = load_config(args.config)
     if args.manifest:
         config.data.manifest = args.manifest
+    if args.label_source:
+        config.data.label_source = args.label_source
     metrics = train_local(config, Path(args.output))
     print(format_metrics("test", metrics["test"]))
     print(f"wrote {Path(args.output) / METRICS}")
+
+
+def cmd_pipeline(args: argparse.Namespace) -> None:
+    from raymlc.distributed.pipeline import run_pipeline, summary_lines
+
+    config = load_config(args.config)
+    if args.manifest:
+        config.data.manifest = args.manifest
+    output = Path(args.output)
+    metrics = run_pipeline(config, output)
+    print("\n".join(["test metrics (clean test labels):", *summary_lines(metrics)]))
+    print(f"wrote {output / 'metrics.json'} and {output / 'report.md'}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -66,6 +79,59 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {Path(args.output) / METRICS}")
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def format_tags(path: str, names: tuple[str, ...], result, row: int, as_json: bool) -> str:
+    """One output line for clip `row` of a `TagResult`: JSON over all labels, or the present tags."""
+    scores, thresholds, present = result.logits[row], result.thresholds[row], result.present[row]
+    if as_json:
+        labels = [
+            {"name": name, "score": float(s), "threshold": float(t), "present": bool(p)}
+            for name, s, t, p in zip(names, scores, thresholds, present, strict=True)
+        ]
+        return json.dumps({"file": path, "labels": labels})
+    tags = [f"{names[c]} ({scores[c]:.2f} > {thresholds[c]:.2f})" for c in present.nonzero()[0]]
+    return f"{path}: {', '.join(tags) or '(no tags)'}"
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from raymlc.bundle import BundleError, load_bundle
+    from raymlc.data.audio import AudioError
+
+    try:
+        tagger = load_bundle(args.bundle)
+    except BundleError as error:
+        print(f"raymlc predict: error: {error}", file=sys.stderr)
+        return 2
+    failed = 0
+    for start in range(0, len(args.files), args.batch_size):
+        paths = args.files[start : start + args.batch_size]
+        inputs, errors = {}, {}
+        for path in paths:
+            try:
+                inputs[path] = tagger.read_input(path)
+            except AudioError as error:
+                errors[path] = error.reason
+            except (OSError, ValueError) as error:
+                errors[path] = str(error)
+        result = tagger.tag(list(inputs.values())) if inputs else None
+        rows = {path: row for row, path in enumerate(inputs)}
+        for path in paths:
+            if path in errors:
+                failed += 1
+                print(f"raymlc predict: error: {path}: {errors[path]}", file=sys.stderr)
+                if args.json:
+                    print(json.dumps({"file": path, "error": errors[path]}), flush=True)
+            else:
+                print(format_tags(path, tagger.vocabulary.names, result, rows[path], args.json), flush=True)
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raymlc", description="Multi-label audio tagging with incomplete labels, on Ray."
@@ -73,9 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser("make-demo", help="write the built-in demo dataset (audio + manifest.parquet)")
-    demo.add_argument(
-        "--output", required=True, help="directory to write DIR/manifest.parquet and DIR/audio/"
-    )
+    demo.add_argument("--output", required=True, help="directory to write DIR/manifest.parquet and DIR/audio/")
     demo.add_argument("--config", help="YAML file with DemoConfig fields (sizes, events, removal)")
     demo.add_argument("--seed", type=int, help="random seed (default 0)")
     demo.add_argument("--drop-fraction", type=float, help="fraction of train positives removed (default 0.3)")
@@ -86,27 +150,63 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="run config YAML (see configs/)")
     train.add_argument("--output", required=True, help="run directory for checkpoint.pt and metrics.json")
     train.add_argument("--manifest", help="override data.manifest from the config")
+    train.add_argument(
+        "--label-source",
+        choices=["observed", "clean"],
+        help="train on `labels` as given, or on labels ∪ removed_labels (the clean-label oracle)",
+    )
     train.set_defaults(run=cmd_train)
 
-    evaluate = commands.add_parser(
-        "evaluate", help="evaluate a checkpoint on one split and write metrics.json"
+    pipeline = commands.add_parser(
+        "pipeline",
+        help="teacher -> scores -> flags -> student (+ oracle, perfect mask) on Ray; writes metrics.json, report.md",
+        description="Runs every stage of teacher-student loss masking into one run directory. Uses the Ray "
+        "cluster at RAY_ADDRESS when set, else starts Ray in this process. Rerunning the same command skips "
+        "finished stages and resumes an interrupted training run from its last checkpoint.",
     )
+    pipeline.add_argument("--config", required=True, help="pipeline config YAML (e.g. configs/demo.yaml)")
+    pipeline.add_argument("--output", default="runs/pipeline", help="run directory (default runs/pipeline)")
+    pipeline.add_argument("--manifest", help="override data.manifest from the config")
+    pipeline.set_defaults(run=cmd_pipeline)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on one split and write metrics.json")
     evaluate.add_argument("--checkpoint", required=True, help="checkpoint.pt written by `raymlc train`")
     evaluate.add_argument("--output", required=True, help="directory for metrics.json")
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to score")
     evaluate.add_argument("--config", help="run config whose data section replaces the checkpoint's")
     evaluate.set_defaults(run=cmd_evaluate)
+
+    predict = commands.add_parser(
+        "predict",
+        help="tag audio files with a tagger bundle (`raymlc train` writes OUTPUT/bundle)",
+        description="Print each file's present tags as `label (score > threshold)`. Scores and thresholds "
+        "are on the logit scale (log-odds; probability = sigmoid(score)); a tag is present iff its score "
+        "exceeds its per-clip adaptive threshold. A file that cannot be read prints an error line naming "
+        "it, the other files are still tagged, and the exit status is 1.",
+    )
+    predict.add_argument("bundle", help="bundle directory (local path or s3://, gs://, file:// URI)")
+    predict.add_argument(
+        "files", nargs="+", help="audio files (feature bundles: .npy files holding one feature vector)"
+    )
+    predict.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON object per line per file: {"file", "labels": [{"name", "score", "threshold", '
+        '"present"}, ...]} over all labels, score and threshold as logits; {"file", "error"} when unreadable',
+    )
+    predict.add_argument("--batch-size", type=positive_int, default=16, help="files tagged per batch (default 16)")
+    predict.set_defaults(run=cmd_predict)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        status = args.run(args)
     except (ConfigError, ManifestError, FileNotFoundError) as error:
         print(f"raymlc {args.command}: error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -96,13 +96,93 @@ class TrainConfig(Strict):
     eval_batch_size: int = Field(64, ge=1)
 
 
+class ThresholdConfig(Strict):
+    """Adaptive per-label, per-instance thresholds θ_l(x) = λ·α_l·IDF_l + (1−λ)·β_l·KNN_l(x) + b_l.
+
+    α, β, b are fitted on a frozen trained tagger; KNN_l(x) is the similarity-weighted share of the `k`
+    nearest training clips (cosine of the model's embeddings) that carry label l (see `raymlc.thresholds`).
+    """
+
+    lam: float = Field(0.5, ge=0, le=1)  # λ: weight of the IDF term against the KNN term
+    k: int = Field(10, ge=1)
+    margin: float = Field(0.5, ge=0)  # Δ: logits closer than this to θ are penalized
+    margin_weight: float = Field(0.1, ge=0)
+    bank_size: int = Field(20000, ge=1)  # memory-bank cap (seeded uniform sample of the training clips)
+    bank_seed: int = 0
+    # "val": fit on the validation split (KNN from the training bank); "train": on the training split with
+    # each clip excluded from its own neighbours. "val" falls back to "train" when there is no val split.
+    fit_split: Literal["train", "val"] = "val"
+    epochs: int = Field(300, ge=1)  # full-batch Adam steps
+    lr: float = Field(0.05, gt=0)
+
+
 class RunConfig(Strict):
-    """A whole `raymlc train`/`evaluate` config file."""
+    """What one model needs: data, front end, model, training and thresholds (stored in checkpoints)."""
 
     data: DataConfig
     frontend: FrontEndConfig = Field(default_factory=FrontEndConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    thresholds: ThresholdConfig = Field(default_factory=ThresholdConfig)
+
+    def core(self) -> RunConfig:
+        """Just the `RunConfig` sections of this config (a `PipelineConfig` drops its Ray sections)."""
+        return RunConfig.model_validate(self.model_dump(include=set(RunConfig.model_fields)))
+
+
+class RayTrainConfig(Strict):
+    """How Ray Train runs the loop: workers, resources, where checkpoints go, retries."""
+
+    num_workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(0.5, gt=0)
+    use_gpu: bool = False
+    torch_threads: int = Field(1, ge=1)
+    storage_path: str = "runs/ray"  # local directory or s3://, gs:// URI
+    max_failures: int = Field(2, ge=-1)
+
+
+class ScoringConfig(Strict):
+    """Ray Data batch scoring: decode tasks, then an autoscaling pool of inference actors."""
+
+    batch_size: int = Field(32, ge=1)
+    min_actors: int = Field(1, ge=1)
+    max_actors: int = Field(2, ge=1)
+    cpus_per_actor: float = Field(0.5, gt=0)
+    decode_cpus: float = Field(0.25, gt=0)
+    write_embeddings: bool = False
+
+    @model_validator(mode="after")
+    def _pool(self) -> Self:
+        if self.max_actors < self.min_actors:
+            raise ValueError("max_actors must be >= min_actors")
+        return self
+
+
+class FlaggingConfig(Strict):
+    """Which implicit negatives to flag per class: the top `percent` % (or `top_k`) by teacher score."""
+
+    percent: float | None = Field(1.0, ge=0, le=100)
+    top_k: int | None = Field(None, ge=0)
+    crossfit_folds: int = Field(0, ge=0)  # 0: in-sample teacher scores; k >= 2: k-fold out-of-sample scores
+    report_top: int = Field(10, ge=0)  # clips listed per class in the report
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> Self:
+        if (self.percent is None) == (self.top_k is None):
+            raise ValueError("set exactly one of flagging.percent and flagging.top_k")
+        if self.crossfit_folds == 1:
+            raise ValueError("crossfit_folds must be 0 (in-sample) or >= 2")
+        return self
+
+
+class PipelineConfig(RunConfig):
+    """`raymlc pipeline`: teacher -> scores -> flags -> student (+ references) on Ray."""
+
+    ray: RayTrainConfig = Field(default_factory=RayTrainConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    flagging: FlaggingConfig = Field(default_factory=FlaggingConfig)
+    student_loss: Literal["bce", "sigmoid_f1"] = "bce"
+    references: bool = True  # also train the oracle and perfect-mask students when removed_labels exist
 
 
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
@@ -112,7 +192,7 @@ class ConfigError(ValueError):
     """A config file that is missing, not YAML, or does not match its schema."""
 
 
-def load_config(path: str | Path, schema: type[SchemaT] = RunConfig) -> SchemaT:
+def load_config(path: str | Path, schema: type[SchemaT] = PipelineConfig) -> SchemaT:
     """Read a YAML file and validate it against `schema`; errors name the file and the field."""
     path = Path(path)
     try:

@@ -21,7 +21,7 @@ from torch import nn
 
 from raymlc.config import FrontEndConfig, TrainConfig
 from raymlc.data import LabelVocabulary
-from raymlc.data.audio import AudioError, decode_audio, eval_windows, fit_window
+from raymlc.data.audio import decode_clips, eval_windows, fit_window
 from raymlc.losses import masked_bce, sigmoid_f1
 from raymlc.metrics import summarize
 
@@ -47,26 +47,6 @@ class SplitData:
         return isinstance(self.inputs, list)
 
 
-def decode_clips(rows: Sequence[dict], sample_rate: int) -> tuple[list[np.ndarray], list[int], list[dict]]:
-    """Decode manifest rows; returns waveforms, the row indices that loaded, and rejects with reasons."""
-    waves, loaded, rejects = [], [], []
-    for index, row in enumerate(rows):
-        try:
-            waves.append(
-                decode_audio(
-                    row["audio"],
-                    clip_id=row["clip_id"],
-                    sample_rate=sample_rate,
-                    start_s=row.get("start_s"),
-                    end_s=row.get("end_s"),
-                )
-            )
-            loaded.append(index)
-        except AudioError as error:
-            rejects.append({"clip_id": row["clip_id"], "audio": row["audio"], "reason": error.reason})
-    return waves, loaded, rejects
-
-
 def load_split(
     table: pa.Table,
     vocabulary: LabelVocabulary,
@@ -87,7 +67,7 @@ def load_split(
     else:
         if frontend is None:
             raise ValueError("an audio manifest needs a front-end config to decode at its sample rate")
-        inputs, loaded, rejects = decode_clips(rows.to_pylist(), frontend.sample_rate)
+        inputs, loaded, rejects = decode_clips(rows.to_pylist(), sample_rate=frontend.sample_rate)
         table = table.take(pa.array(loaded, type=pa.int64()))
     clip_ids = table.column("clip_id").to_pylist()
     labels = vocabulary.encode(table.column("labels").to_pylist(), clip_ids)
@@ -134,10 +114,12 @@ def train_epoch(
 ) -> float:
     """One pass over `batches`; returns the mean training loss."""
     model.train()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     for inputs, targets, mask in batches:
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(inputs).logits, targets, mask)
+        mask = None if mask is None else mask.to(device)
+        loss = loss_fn(model(inputs.to(device)).logits, targets.to(device), mask)
         loss.backward()
         optimizer.step()
         total += float(loss.detach())
@@ -146,24 +128,38 @@ def train_epoch(
 
 
 @torch.no_grad()
+def score_batch(
+    model: nn.Module, inputs: Sequence[np.ndarray] | np.ndarray, window_samples: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clip-level logits [B, C] and embeddings [B, E] of one batch, the model in eval mode.
+
+    Waveforms (a sequence of 1-D arrays of any length) are cut into the model's deterministic windows;
+    a clip's logits are the max and its embedding the mean over its windows. Feature rows [B, D] go
+    straight in. Training, Ray Data scoring and serving all score through this function.
+    """
+    device = next(model.parameters()).device
+    if window_samples is None:
+        output = model(torch.as_tensor(np.asarray(inputs, dtype=np.float32)).to(device))
+        return output.logits.cpu(), output.embedding.cpu()
+    windows = [eval_windows(wave, window_samples) for wave in inputs]
+    counts = [len(w) for w in windows]
+    output = model(torch.from_numpy(np.concatenate(windows)).to(device))
+    logits = torch.stack([chunk.amax(dim=0) for chunk in output.logits.split(counts)])
+    embeddings = torch.stack([chunk.mean(dim=0) for chunk in output.embedding.split(counts)])
+    return logits.cpu(), embeddings.cpu()
+
+
 def predict(
     model: nn.Module, data: SplitData, batch_size: int, window_samples: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Clip-level logits [N, C] and embeddings [N, E] (max / mean over a clip's windows)."""
+    """Clip-level logits [N, C] and embeddings [N, E] of a whole split (see `score_batch`)."""
     model.eval()
-    logits, embeddings = [], []
-    for start in range(0, len(data), batch_size):
-        if data.is_audio:
-            windows = [eval_windows(w, window_samples) for w in data.inputs[start : start + batch_size]]
-            counts = [len(w) for w in windows]
-            output = model(torch.from_numpy(np.concatenate(windows)))
-            logits.append(torch.stack([chunk.amax(dim=0) for chunk in output.logits.split(counts)]))
-            embeddings.append(torch.stack([chunk.mean(dim=0) for chunk in output.embedding.split(counts)]))
-        else:
-            output = model(torch.from_numpy(data.inputs[start : start + batch_size]))
-            logits.append(output.logits)
-            embeddings.append(output.embedding)
-    return torch.cat(logits).numpy(), torch.cat(embeddings).numpy()
+    window = window_samples if data.is_audio else None
+    batches = [
+        score_batch(model, data.inputs[start : start + batch_size], window)
+        for start in range(0, len(data), batch_size)
+    ]
+    return torch.cat([b[0] for b in batches]).numpy(), torch.cat([b[1] for b in batches]).numpy()
 
 
 def evaluate(model: nn.Module, data: SplitData, batch_size: int, window_samples: int | None) -> dict:

@@ -13,6 +13,7 @@ import torch
 import yaml
 from torch import nn
 
+from raymlc.calibration import adaptive_f1, export_bundle, fit_tagger_thresholds
 from raymlc.config import RunConfig
 from raymlc.data import LabelVocabulary, assign_splits, read_manifest
 from raymlc.engine import SplitData, evaluate, fit, load_split
@@ -20,6 +21,7 @@ from raymlc.models import FeatureMLP, build_model
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
+BUNDLE = "bundle"
 
 
 @dataclass
@@ -87,7 +89,7 @@ def save_checkpoint(path: Path, model: nn.Module, config: RunConfig, dataset: Da
     torch.save(
         {
             "model_state": model.state_dict(),
-            "config": config.model_dump(),
+            "config": config.core().model_dump(),
             "vocabulary": list(dataset.vocabulary.names),
             "feature_dim": dataset.feature_dim,
         },
@@ -138,6 +140,13 @@ def train_local(config: RunConfig, output: Path, log: Callable[[str], None] = pr
         "history": history,
         "rejects": dataset.rejects,
     }
+    # Adaptive thresholds on the frozen model, then the self-contained tagger bundle (`raymlc predict`).
+    fitted = fit_tagger_thresholds(model, dataset.train, dataset.val, config, window)
+    metrics["test_adaptive"] = adaptive_f1(model, fitted, dataset.test, batch, window)
+    log(f"thresholds fitted on {fitted.fit_split}: test macro-F1 {metrics['test_adaptive']['macro_f1']:.3f}")
+    splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
+    summary = {key: metrics[key] for key in ("val", "test", "test_adaptive")}
+    export_bundle(str(output / BUNDLE), model, config, dataset.vocabulary, fitted, splits, summary)
     write_json(output / METRICS, metrics)
     return metrics
 

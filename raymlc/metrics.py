@@ -30,8 +30,7 @@ def _check_pair(y_true: np.ndarray, other: np.ndarray, other_name: str) -> tuple
     y_true, other = np.asarray(y_true), np.asarray(other)
     if y_true.ndim != 2 or y_true.shape != other.shape:
         raise ValueError(
-            f"y_true and {other_name} must be 2-D arrays of the same shape [N, C]; "
-            f"got {y_true.shape} and {other.shape}"
+            f"y_true and {other_name} must be 2-D arrays of the same shape [N, C]; got {y_true.shape} and {other.shape}"
         )
     if not np.isin(y_true, (0, 1)).all():
         raise ValueError("y_true must contain only 0 and 1")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from raymlc.data.audio import AudioError, decode_audio, eval_windows, fit_window, load_clips
+from raymlc.data.audio import AudioError, decode_audio, decode_clips, eval_windows, fit_window
 
 SR = 16000
 FREQ = 1000.0
@@ -164,7 +164,7 @@ def test_audio_error_pickles():
     assert (error.clip_id, error.reason, str(error)) == ("x", "broken", "clip x: broken")
 
 
-def test_load_clips_collects_rejects_and_goes_on(tmp_path):
+def test_decode_clips_collects_rejects_and_goes_on(tmp_path):
     good = _write(tmp_path / "good.wav", _stereo_sine(8000, 2.0), 8000)
     short = _write(tmp_path / "short.flac", _stereo_sine(SR, 0.25))
     rows = [
@@ -175,19 +175,18 @@ def test_load_clips_collects_rejects_and_goes_on(tmp_path):
         {"clip_id": "e", "audio": good, "start_s": 0.5, "end_s": 1.0},
         {"clip_id": "f", "audio": None, "start_s": None, "end_s": None},
     ]
-    batch, loaded, rejects = load_clips(rows, sample_rate=SR, n_samples=SR)
-    assert batch.shape == (3, SR) and batch.dtype == np.float32
-    assert loaded == ["a", "d", "e"]
+    waves, loaded, rejects = decode_clips(rows, sample_rate=SR)
+    assert loaded == [0, 3, 4]
+    assert [len(w) for w in waves] == [2 * SR, SR // 4, SR // 2]
+    assert all(w.dtype == np.float32 for w in waves)
     assert [r["clip_id"] for r in rejects] == ["b", "c", "f"]
     assert rejects[0]["audio"] == rows[1]["audio"] and "not found" in rejects[0]["reason"]
-    assert not batch[1, SR // 4 :].any()  # the 0.25 s clip is zero-padded
-    assert not batch[2, SR // 2 :].any()  # so is the 0.5 s segment
 
 
-def test_load_clips_all_rejected_gives_empty_batch(tmp_path):
+def test_decode_clips_all_rejected(tmp_path):
     rows = [{"clip_id": "b", "audio": str(tmp_path / "missing.wav"), "start_s": None, "end_s": None}]
-    batch, loaded, rejects = load_clips(rows, sample_rate=SR, n_samples=100)
-    assert batch.shape == (0, 100) and loaded == [] and len(rejects) == 1
+    waves, loaded, rejects = decode_clips(rows, sample_rate=SR)
+    assert waves == [] and loaded == [] and len(rejects) == 1
 
 
 def test_fit_window_crops_and_pads():

@@ -144,35 +144,30 @@ def eval_windows(wave: np.ndarray, n_samples: int, hop: int | None = None) -> np
     return np.lib.stride_tricks.sliding_window_view(padded, n_samples)[::hop].copy()
 
 
-def load_clips(
-    rows: Iterable[Mapping],
-    *,
-    sample_rate: int,
-    n_samples: int,
-    rng: np.random.Generator | None = None,
-) -> tuple[np.ndarray, list[str], list[dict]]:
-    """Decode manifest rows (clip_id, audio, start_s, end_s) into a [B, n_samples] batch.
+def decode_clips(
+    rows: Iterable[Mapping], *, sample_rate: int
+) -> tuple[list[np.ndarray], list[int], list[dict]]:
+    """Decode manifest rows (clip_id, audio, start_s, end_s) into whole waveforms.
 
-    Returns the windows, the clip_ids that loaded and {"clip_id", "audio", "reason"} for each clip that
-    did not; a bad clip never stops the batch.
+    Returns the waveforms, the positions (in `rows`) of the clips that loaded, and
+    {"clip_id", "audio", "reason"} for each clip that did not; a bad clip never stops the batch.
     """
-    windows: list[np.ndarray] = []
-    loaded: list[str] = []
+    waves: list[np.ndarray] = []
+    loaded: list[int] = []
     rejects: list[dict] = []
-    for row in rows:
-        clip_id = row["clip_id"]
+    for position, row in enumerate(rows):
         try:
-            wave = decode_audio(
-                row["audio"],
-                clip_id=clip_id,
-                sample_rate=sample_rate,
-                start_s=row.get("start_s"),
-                end_s=row.get("end_s"),
+            waves.append(
+                decode_audio(
+                    row["audio"],
+                    clip_id=row["clip_id"],
+                    sample_rate=sample_rate,
+                    start_s=row.get("start_s"),
+                    end_s=row.get("end_s"),
+                )
             )
         except AudioError as error:
-            rejects.append({"clip_id": clip_id, "audio": row["audio"], "reason": error.reason})
+            rejects.append({"clip_id": row["clip_id"], "audio": row["audio"], "reason": error.reason})
             continue
-        windows.append(fit_window(wave, n_samples, rng))
-        loaded.append(clip_id)
-    batch = np.stack(windows) if windows else np.zeros((0, n_samples), dtype=np.float32)
-    return batch, loaded, rejects
+        loaded.append(position)
+    return waves, loaded, rejects

@@ -1,0 +1,300 @@
+"""Decision rules compared: test macro-/micro-F1 of fixed, tuned, prior-shift, sigmoidF1 and adaptive thresholds.
+
+For each dataset one BCE tagger and one sigmoidF1 tagger are trained (`engine.fit`); every rule then decides
+from the frozen BCE tagger's test logits (sigmoidF1 @ 0.5 from its own model):
+
+* fixed 0.5; per-class thresholds tuned for F1 on val; prior shift fitted on val;
+* adaptive IDF only (λ = 1), KNN only (λ = 0) and fused (λ from `ThresholdConfig`), each fitted on val
+  (neighbours from the training bank) and on train (each clip excluded from its own neighbours).
+
+Datasets: the demo (`make_demo` defaults, `configs/demo.yaml`) with observed (incomplete) and clean train
+labels; MULAN emotions and birds (`configs/mulan_*.yaml`, skipped without ../shared/data); FSDD digit
+mixtures (1-3 spoken digits per 2-s clip at 8 kHz, 30 % of train positives removed at random; skipped
+without ../shared/data). Demo data and mixtures are written once under `--data-dir` and reused.
+
+The teacher–student flag mask does not exist yet (later issue): every fit here uses no mask; rerun the
+"train" fits with `mask = 1 − flags` once it does.
+
+    .venv/bin/python bench/thresholds.py         # ~12 min on 2 cores; writes bench/results/thresholds.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import soundfile as sf
+import torch
+
+from raymlc.config import DemoConfig, RunConfig, ThresholdConfig, load_config
+from raymlc.data.audio import decode_audio
+from raymlc.data.demo import make_demo
+from raymlc.data.schema import normalize_manifest
+from raymlc.decision_rules import adaptive, fit_per_class, fit_prior_shift, fixed, per_class, prior_shift
+from raymlc.engine import fit, predict
+from raymlc.local import Dataset, load_dataset, new_model, window_samples
+from raymlc.metrics import f1_scores
+from raymlc.thresholds import MemoryBank, fit_thresholds, idf, thresholds_for
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+SPLITS = ("train", "val", "test")
+Outputs = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (logits [N, C], embeddings [N, E])
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ---------------------------------------------------------------- datasets
+
+
+def demo_config(data_dir: Path, label_source: str) -> RunConfig:
+    manifest = data_dir / "demo" / "manifest.parquet"
+    if not manifest.is_file():
+        log(f"making the demo dataset in {manifest.parent}")
+        make_demo(manifest.parent, DemoConfig())
+    config = load_config(REPO / "configs" / "demo.yaml")
+    config.data.manifest, config.data.label_source = str(manifest), label_source
+    return config
+
+
+def mulan_config(name: str) -> RunConfig | None:
+    path = REPO / "configs" / f"mulan_{name}.yaml"
+    if not (SHARED / f"mulan_{name}").is_dir() or not path.is_file():
+        return None
+    config = load_config(path)
+    config.data.manifest = str(SHARED / f"mulan_{name}" / f"{name}-train.arff")
+    config.data.test_manifest = str(SHARED / f"mulan_{name}" / f"{name}-test.arff")
+    return config
+
+
+def make_fsdd_mixtures(recordings: Path, output: Path, seed: int = 0) -> Path:
+    """1-3 distinct spoken digits per 2-s, 8-kHz clip; takes 0-4 test, 5-9 val, 10-49 train (all speakers);
+    30 % of the train positives moved to `removed_labels` uniformly at random."""
+    sample_rate, clip = 8000, 16000
+    rng = np.random.default_rng(seed)
+    pools: dict[str, dict[str, list[Path]]] = {s: {str(d): [] for d in range(10)} for s in SPLITS}
+    for path in sorted(recordings.glob("*.wav")):
+        digit, _, take = path.stem.split("_")
+        split = "test" if int(take) < 5 else "val" if int(take) < 10 else "train"
+        pools[split][digit].append(path)
+    rows = []
+    for split, count in (("train", 1000), ("val", 250), ("test", 250)):
+        (output / split).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            digits = sorted(rng.choice(10, size=int(rng.integers(1, 4)), replace=False).tolist())
+            mix = rng.normal(0, 0.003, clip)
+            for digit in digits:
+                choices = pools[split][str(digit)]
+                source = choices[int(rng.integers(len(choices)))]
+                wave = decode_audio(str(source), clip_id=source.stem, sample_rate=sample_rate)[:clip]
+                start = int(rng.integers(0, clip - len(wave) + 1))
+                gain = 10 ** (rng.uniform(-12, 0) / 20) / max(float(np.abs(wave).max()), 1e-6)
+                mix[start : start + len(wave)] += gain * wave
+            path = output / split / f"{split}_{index:05d}.wav"
+            sf.write(path, (0.9 * mix / np.abs(mix).max()).astype(np.float32), sample_rate, subtype="PCM_16")
+            labels = [str(d) for d in digits]
+            dropped = [d for d in labels if split == "train" and rng.random() < 0.3]
+            kept = [d for d in labels if d not in dropped]
+            rows.append(
+                {
+                    "clip_id": path.stem,
+                    "audio": str(path),
+                    "labels": kept,
+                    "removed_labels": dropped,
+                    "split": split,
+                }
+            )
+    manifest = output / "manifest.parquet"
+    pq.write_table(normalize_manifest(pa.Table.from_pylist(rows)), manifest)
+    return manifest
+
+
+def fsdd_config(data_dir: Path) -> RunConfig | None:
+    recordings = SHARED / "fsdd_dev" / "recordings"
+    if not recordings.is_dir():
+        return None
+    manifest = data_dir / "fsdd_mix" / "manifest.parquet"
+    if not manifest.is_file():
+        log(f"making FSDD digit mixtures in {manifest.parent}")
+        make_fsdd_mixtures(recordings, manifest.parent)
+    return RunConfig.model_validate(
+        {
+            "data": {"manifest": str(manifest), "label_source": "observed"},
+            "frontend": {
+                "sample_rate": 8000,
+                "window_seconds": 2.0,
+                "n_fft": 256,
+                "win_length": 256,
+                "hop_length": 128,
+                "n_mels": 48,
+                "f_min": 50.0,
+            },
+            "model": {"kind": "cnn", "channels": [16, 32, 64, 128], "embedding_dim": 128},
+            "train": {"epochs": 15, "batch_size": 32, "lr": 0.003},
+        }
+    )
+
+
+def benchmark_configs(data_dir: Path, names: list[str]) -> dict[str, RunConfig]:
+    builders: dict[str, Callable[[], RunConfig | None]] = {
+        "demo-observed": lambda: demo_config(data_dir, "observed"),
+        "demo-clean": lambda: demo_config(data_dir, "clean"),
+        "emotions": lambda: mulan_config("emotions"),
+        "birds": lambda: mulan_config("birds"),
+        "fsdd-mix-observed": lambda: fsdd_config(data_dir),
+    }
+    configs = {}
+    for name in names:
+        config = builders[name]()
+        if config is None:
+            log(f"skipping {name}: ../shared/data (or its config) is not present")
+        else:
+            configs[name] = config
+    return configs
+
+
+# ---------------------------------------------------------------- models and rules
+
+
+def train_outputs(config: RunConfig, dataset: Dataset, name: str, cache: Path | None) -> Outputs:
+    """Train a tagger on the train split; its clip-level logits and embeddings on every split.
+
+    With `cache`, outputs are stored as `{cache}/{name}-{hash of the data/model/train config}.npz` and reused.
+    """
+    key = hashlib.sha1(config.model_dump_json(exclude={"thresholds"}).encode()).hexdigest()[:12]
+    path = None if cache is None else cache / f"{name}-{key}.npz"
+    if path is not None and path.is_file():
+        log(f"  {name}: reusing the trained model's outputs in {path}")
+        with np.load(path) as stored:
+            return {s: (stored[f"{s}_logits"], stored[f"{s}_embeddings"]) for s in SPLITS}
+    torch.manual_seed(config.train.seed)
+    model = new_model(config, dataset)
+    window = window_samples(config)
+
+    def report(record: dict) -> None:
+        log(f"  {name} epoch {record['epoch']}/{config.train.epochs}: loss {record['train_loss']:.4f}")
+
+    fit(model, dataset.train, None, config.train, window, on_epoch=report)
+    splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
+    outputs = {s: predict(model, data, config.train.eval_batch_size, window) for s, data in splits.items()}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {
+            f"{s}_{kind}": outputs[s][i] for s in SPLITS for i, kind in enumerate(("logits", "embeddings"))
+        }
+        np.savez(path, **arrays)
+    return outputs
+
+
+def evaluate_rules(dataset: Dataset, bce: Outputs, sigmoid_f1: Outputs, settings: ThresholdConfig) -> dict:
+    """{rule: {macro_f1, micro_f1}} on the test split."""
+    targets = {"train": dataset.train.targets, "val": dataset.val.targets}
+    test_logits, test_embeddings = bce["test"]
+    val_logits = bce["val"][0]
+    results = {}
+
+    def score(rule: str, present: np.ndarray) -> None:
+        micro, macro = f1_scores(dataset.test.targets, present)
+        results[rule] = {"macro_f1": macro, "micro_f1": micro}
+
+    score("fixed 0.5", fixed(test_logits))
+    score("per-class tuned (val)", per_class(test_logits, fit_per_class(val_logits, targets["val"])))
+    score("prior shift (val)", prior_shift(test_logits, fit_prior_shift(val_logits, targets["val"])))
+    score("sigmoidF1 @ 0.5", fixed(sigmoid_f1["test"][0]))
+    bank = MemoryBank.build(bce["train"][1], targets["train"], settings.bank_size, settings.bank_seed)
+    train_idf = idf(targets["train"])
+    for split in ("val", "train"):
+        exclude = np.arange(len(dataset.train)) if split == "train" else None
+        for variant, lam in (("IDF", 1.0), ("KNN", 0.0), ("fused", settings.lam)):
+            variant_settings = settings.model_copy(update={"lam": lam})
+            logits, embeddings = bce[split]
+            module = fit_thresholds(
+                logits, embeddings, targets[split], bank, train_idf, variant_settings, exclude=exclude
+            )
+            score(
+                f"adaptive {variant} ({split})",
+                adaptive(test_logits, thresholds_for(module, bank, test_embeddings)),
+            )
+    return results
+
+
+def run_dataset(name: str, config: RunConfig, cache: Path | None) -> dict:
+    started = time.perf_counter()
+    dataset = load_dataset(config)
+    log(
+        f"{name}: {len(dataset.train)}/{len(dataset.val)}/{len(dataset.test)} clips, "
+        f"{len(dataset.vocabulary)} labels, model {config.model.kind}, {config.train.epochs} epochs"
+    )
+    bce = train_outputs(config, dataset, f"{name}-bce", cache)
+    sigmoid_config = config.model_copy(
+        update={"train": config.train.model_copy(update={"loss": "sigmoid_f1"})}
+    )
+    sigmoid_f1 = train_outputs(sigmoid_config, dataset, f"{name}-sigmoid_f1", cache)
+    rules = evaluate_rules(dataset, bce, sigmoid_f1, config.thresholds)
+    seconds = time.perf_counter() - started
+    log(f"{name}: done in {seconds:.0f} s")
+    return {
+        "rules": rules,
+        "seconds": seconds,
+        "clips": [len(dataset.train), len(dataset.val), len(dataset.test)],
+    }
+
+
+def table(results: dict[str, dict]) -> str:
+    """Rules x datasets, cells `macro / micro` F1; the best macro-F1 of each dataset marked *."""
+    names = list(results)
+    rules = list(next(iter(results.values()))["rules"])
+    width = max(len(rule) for rule in rules)
+    lines = [f"{'test F1 (macro / micro)':<{width}}  " + "  ".join(f"{n:>17}" for n in names)]
+    for rule in rules:
+        cells = []
+        for name in names:
+            scores = results[name]["rules"]
+            best = max(s["macro_f1"] for s in scores.values())
+            mark = "*" if scores[rule]["macro_f1"] == best else " "
+            cells.append(f"{scores[rule]['macro_f1']:.3f}{mark}/ {scores[rule]['micro_f1']:.3f}".rjust(17))
+        lines.append(f"{rule:<{width}}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    all_datasets = ["demo-observed", "demo-clean", "emotions", "birds", "fsdd-mix-observed"]
+    parser.add_argument("--datasets", nargs="+", default=all_datasets, choices=all_datasets)
+    parser.add_argument("--data-dir", type=Path, default=REPO / "bench" / "results" / "data")
+    parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "thresholds.json")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=REPO / "bench" / "results" / "cache",
+        help="reuse trained models' outputs stored here (same data/model/train config)",
+    )
+    parser.add_argument("--no-cache", action="store_true", help="train every model (neither read nor write)")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    configs = benchmark_configs(args.data_dir, args.datasets)
+    cache = None if args.no_cache else args.cache
+    results = {name: run_dataset(name, config, cache) for name, config in configs.items()}
+    print(table(results))
+    payload = {
+        "results": results,
+        "threshold_config": ThresholdConfig().model_dump(),
+        "teacher_student_mask": "not available yet: all fits unmasked",
+        "seconds": time.perf_counter() - started,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(payload, indent=2) + "\n")
+    log(f"wrote {args.output} ({payload['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

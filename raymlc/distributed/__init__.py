@@ -1,0 +1,1 @@
+"""Thin Ray layers over the pure core: Train, Data scoring/flagging, Tune, relabeling."""

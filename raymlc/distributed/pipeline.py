@@ -1,0 +1,235 @@
+"""`raymlc pipeline`: teacher (Ray Train) -> scores (Ray Data) -> flags -> student, with references.
+
+Every stage reads the previous stage's outputs from the run directory and marks itself done there, so
+a rerun of the same command skips finished stages (and Ray Train resumes an unfinished one by name).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import yaml
+
+from raymlc.config import PipelineConfig
+from raymlc.data import LabelVocabulary
+from raymlc.distributed.cluster import ensure_ray
+from raymlc.distributed.flag import select_flags, write_enhanced_labels
+from raymlc.distributed.report import write_report
+from raymlc.distributed.score import read_rejects, score_manifest
+from raymlc.distributed.train import train_distributed
+from raymlc.engine import evaluate, load_split, predict
+from raymlc.flagging import FlagResult
+from raymlc.local import CHECKPOINT, load_checkpoint, load_manifest_table, window_samples, write_json
+from raymlc.metrics import average_precision_per_class, flag_precision_recall
+
+MODELS = ("teacher", "student", "perfect_mask", "oracle")
+
+
+class RunDirectory:
+    """Paths of one pipeline run and its per-stage done markers."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def model(self, name: str) -> Path:
+        return self.root / name / CHECKPOINT
+
+    def done(self, stage: str) -> bool:
+        return (self.root / f".done-{stage}").exists()
+
+    def mark_done(self, stage: str) -> None:
+        (self.root / f".done-{stage}").touch()
+
+
+def _train_model(
+    config: PipelineConfig,
+    run: RunDirectory,
+    name: str,
+    vocabulary: LabelVocabulary,
+    log: Callable[[str], None],
+    label_source: str = "observed",
+    flags: Path | None = None,
+) -> None:
+    """Train one model with Ray Train unless the run directory already holds it."""
+    if run.done(name):
+        log(f"{name}: already trained, skipping")
+        return
+    log(f"{name}: training on Ray Train ({config.ray.num_workers} workers)")
+    result = train_distributed(
+        config, f"{run.root.resolve().name}-{name}", vocabulary, label_source, str(flags) if flags else None
+    )
+    for record in result.history:
+        log(f"  {name} epoch {record['epoch']}: loss {record['train_loss']:.4f} val mAP {record['val_map']:.3f}")
+    with result.checkpoint.as_directory() as directory:
+        run.model(name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(directory, CHECKPOINT), run.model(name))
+    write_json(run.root / name / "history.json", {"history": result.history})
+    run.mark_done(name)
+
+
+def _perfect_flags(train_rows: pa.Table, path: Path) -> Path:
+    """Flags that mask exactly the removed labels (the perfect-mask reference)."""
+    path.mkdir(parents=True, exist_ok=True)
+    flags = pa.table({"clip_id": train_rows["clip_id"], "flagged": train_rows["removed_labels"]})
+    pq.write_table(flags, path / "flags.parquet")
+    return path
+
+
+def _top_flags(result: FlagResult, train_rows: pa.Table, vocabulary: LabelVocabulary, top: int) -> pa.Table:
+    """The best-scored flags of each class with the clip's audio and segment, for a person to listen to."""
+    records = []
+    for c, label in enumerate(vocabulary.names):
+        for rank, (row, score) in enumerate(zip(result.class_rows(c)[:top], result.class_scores(c)[:top], strict=True)):
+            clip = train_rows.slice(int(row), 1).to_pylist()[0]
+            records.append(
+                {
+                    "label": label,
+                    "rank": rank + 1,
+                    "clip_id": clip["clip_id"],
+                    "audio": clip.get("audio"),
+                    "start_s": clip.get("start_s"),
+                    "end_s": clip.get("end_s"),
+                    "score": float(score),
+                    "removed": label in (clip.get("removed_labels") or []),
+                }
+            )
+    schema = pa.schema(
+        [
+            ("label", pa.string()),
+            ("rank", pa.int64()),
+            ("clip_id", pa.string()),
+            ("audio", pa.string()),
+            ("start_s", pa.float64()),
+            ("end_s", pa.float64()),
+            ("score", pa.float64()),
+            ("removed", pa.bool_()),
+        ]
+    )
+    return pa.Table.from_pylist(records, schema=schema)
+
+
+def _flag_quality(flags_dir: Path, vocabulary: LabelVocabulary) -> tuple[dict, np.ndarray]:
+    """Flag count/precision/recall against `removed_labels`, and per-class precision."""
+    table = pq.read_table(flags_dir, columns=["clip_id", "flagged", "removed_labels"])
+    ids = table["clip_id"].to_pylist()
+    flagged = vocabulary.encode(table["flagged"].to_pylist(), ids).astype(bool)
+    removed = vocabulary.encode(table["removed_labels"].to_pylist(), ids).astype(bool)
+    hits = (flagged & removed).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.where(flagged.sum(axis=0) > 0, hits / flagged.sum(axis=0), np.nan)
+    return flag_precision_recall(flagged, removed), per_class
+
+
+def _fraction(value: float, reference: float, teacher: float) -> float | None:
+    gap = reference - teacher
+    return None if abs(gap) < 1e-12 else (value - teacher) / gap
+
+
+def run_pipeline(config: PipelineConfig, output: Path, log: Callable[[str], None] = print) -> dict:
+    """Run every stage into `output`; returns (and writes) `metrics.json`."""
+    ensure_ray()
+    run = RunDirectory(output)
+    (output / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+    table = load_manifest_table(config)
+    vocabulary = LabelVocabulary.from_table(table)
+    train_rows = table.filter(pc.equal(table["split"], "train"))
+    has_removed = bool(pc.sum(pc.list_value_length(train_rows["removed_labels"])).as_py() or 0)
+    log(f"data: {len(train_rows)} train clips, {len(vocabulary)} labels, removed labels recorded: {has_removed}")
+
+    _train_model(config, run, "teacher", vocabulary, log)
+
+    scores_dir = output / "scores"
+    if not run.done("scores"):
+        log("scores: teacher scoring the train split on Ray Data")
+        frontend_rate = config.frontend.sample_rate
+        score_manifest(train_rows, str(run.model("teacher")), scores_dir, config.scoring, frontend_rate)
+        rejects = read_rejects(scores_dir)
+        pq.write_table(rejects, output / "rejects.parquet")
+        for reject in rejects.to_pylist():
+            log(f"  rejected {reject['clip_id']}: {reject['reason']}")
+        run.mark_done("scores")
+
+    flags_dir = output / "flags"
+    if not run.done("flags"):
+        log("flags: per-class top implicit negatives by teacher score")
+        result = select_flags(scores_dir, vocabulary, config.flagging)
+        write_enhanced_labels(scores_dir, vocabulary, result, flags_dir)
+        counts = pa.table({"label": list(vocabulary.names), "budget": result.budget, "flagged": result.counts})
+        pq.write_table(counts, output / "flag_counts.parquet")
+        pq.write_table(
+            _top_flags(result, train_rows, vocabulary, config.flagging.report_top),
+            output / "flag_top.parquet",
+        )
+        run.mark_done("flags")
+
+    student_config = config.model_copy(deep=True)
+    student_config.train.loss = config.student_loss
+    _train_model(student_config, run, "student", vocabulary, log, flags=flags_dir)
+    if has_removed and config.references:
+        perfect = _perfect_flags(train_rows, output / "perfect_flags")
+        _train_model(student_config, run, "perfect_mask", vocabulary, log, flags=perfect)
+        _train_model(config, run, "oracle", vocabulary, log, label_source="clean")
+
+    metrics = _evaluate_models(config, run, table, vocabulary, has_removed, flags_dir)
+    write_json(output / "metrics.json", metrics)
+    write_report(output, metrics, vocabulary, config.flagging.report_top)
+    return metrics
+
+
+def _evaluate_models(
+    config: PipelineConfig,
+    run: RunDirectory,
+    table: pa.Table,
+    vocabulary: LabelVocabulary,
+    has_removed: bool,
+    flags_dir: Path,
+) -> dict:
+    """Test metrics of every trained model on the clean test split, flag quality and gain fractions."""
+    frontend = config.frontend if "features" not in table.column_names else None
+    test = load_split(table, vocabulary, "test", frontend, label_source="clean")
+    window = window_samples(config)
+    metrics: dict = {"per_class_ap": {}}
+    for name in MODELS:
+        if not run.model(name).exists():
+            metrics[name] = None
+            continue
+        model, _, _ = load_checkpoint(run.model(name))
+        metrics[name] = evaluate(model, test, config.train.eval_batch_size, window)
+        logits, _ = predict(model, test, config.train.eval_batch_size, window)
+        metrics["per_class_ap"][name] = average_precision_per_class(test.targets, logits).tolist()
+    flags, per_class_precision = _flag_quality(flags_dir, vocabulary)
+    metrics["flags"] = flags if has_removed else {"count": flags["count"], "precision": None, "recall": None}
+    metrics["flag_precision_per_class"] = per_class_precision.tolist() if has_removed else None
+    teacher, student = metrics["teacher"]["map"], metrics["student"]["map"]
+    oracle, perfect = metrics.get("oracle"), metrics.get("perfect_mask")
+    metrics["gap_recovered"] = _fraction(student, oracle["map"], teacher) if oracle else None
+    metrics["gain_fraction"] = _fraction(student, perfect["map"], teacher) if perfect else None
+    metrics["rejects"] = pq.read_metadata(run.root / "rejects.parquet").num_rows
+    return metrics
+
+
+def summary_lines(metrics: dict) -> list[str]:
+    """Human-readable lines: one per model, then flags and the recovered fractions."""
+    lines = []
+    for name in MODELS:
+        if metrics.get(name):
+            m = metrics[name]
+            lines.append(
+                f"{name:>12}: mAP {m['map']:.3f}  d' {m['d_prime']:.3f}  lwlrap {m['lwlrap']:.3f}  "
+                f"micro-F1 {m['micro_f1']:.3f}  macro-F1 {m['macro_f1']:.3f}"
+            )
+    flags = metrics["flags"]
+    precision = "n/a" if flags["precision"] is None else f"{flags['precision']:.3f}"
+    recall = "n/a" if flags["recall"] is None else f"{flags['recall']:.3f}"
+    lines.append(f"flags: {flags['count']} flagged, precision {precision}, recall {recall}")
+    for key in ("gap_recovered", "gain_fraction"):
+        if metrics.get(key) is not None:
+            lines.append(f"{key}: {metrics[key]:.3f}")
+    return lines

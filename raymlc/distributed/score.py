@@ -1,0 +1,125 @@
+"""Ray Data scoring: stream a manifest, decode in tasks, score in an autoscaling actor pool, write Parquet.
+
+Output rows: `row_index` (position in the manifest), `clip_id`, the label columns passed through,
+`scores` (teacher probabilities, fixed-size list over the vocabulary), optionally `embedding`, and
+`error` (null, or why the clip could not be decoded; such rows carry no scores).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+import torch
+from ray.data import ActorPoolStrategy
+
+from raymlc.config import ScoringConfig
+from raymlc.data.audio import decode_clips
+from raymlc.engine import score_batch
+from raymlc.local import load_checkpoint, window_samples
+
+PASS_THROUGH = ("row_index", "clip_id", "labels", "explicit_negatives", "removed_labels")
+
+
+def decode_batch(batch: pa.Table, sample_rate: int) -> pa.Table:
+    """Decode a batch of manifest rows; failed clips keep their row with `error` set and no waveform."""
+    waves, loaded, rejects = decode_clips(batch.to_pylist(), sample_rate=sample_rate)
+    waveform: list[np.ndarray | None] = [None] * len(batch)
+    for position, wave in zip(loaded, waves, strict=True):
+        waveform[position] = wave
+    errors: list[str | None] = [None] * len(batch)
+    reasons = {reject["clip_id"]: reject["reason"] for reject in rejects}
+    for position, clip_id in enumerate(batch.column("clip_id").to_pylist()):
+        errors[position] = reasons.get(clip_id)
+    columns = {name: batch.column(name) for name in PASS_THROUGH}
+    columns["waveform"] = pa.array(waveform, type=pa.list_(pa.float32()))
+    columns["error"] = pa.array(errors, type=pa.string())
+    return pa.table(columns)
+
+
+class BatchScorer:
+    """A Ray Data actor holding the model: scores decoded waveforms or feature rows."""
+
+    def __init__(self, checkpoint: str, torch_threads: int, with_embedding: bool) -> None:
+        torch.set_num_threads(torch_threads)
+        self.model, config, self.vocabulary = load_checkpoint(Path(checkpoint))
+        self.model.eval()
+        self.window = window_samples(config)
+        self.embedding_dim = config.model.embedding_dim
+        self.with_embedding = with_embedding
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        input_column = "waveform" if self.window is not None else "features"
+        ok = pc.is_null(batch["error"]).to_numpy(zero_copy_only=False)
+        rows = batch[input_column].filter(pa.array(ok)).to_pylist()
+        inputs = [np.asarray(row, np.float32) for row in rows]
+        scores = np.zeros((len(batch), len(self.vocabulary)), np.float32)
+        embeddings = np.zeros((len(batch), self.embedding_dim), np.float32)
+        if inputs:
+            logits, embedding = score_batch(self.model, inputs, self.window)
+            scores[ok], embeddings[ok] = torch.sigmoid(logits).numpy(), embedding.numpy()
+        columns = {name: batch[name] for name in PASS_THROUGH}
+        columns["scores"] = _fixed_size(scores, ok)
+        if self.with_embedding:
+            columns["embedding"] = _fixed_size(embeddings, ok)
+        columns["error"] = batch["error"]
+        return pa.table(columns)
+
+
+def _fixed_size(matrix: np.ndarray, valid: np.ndarray) -> pa.Array:
+    """Rows of `matrix` as a fixed-size float32 list column, null where `valid` is False."""
+    values = pa.array(np.ascontiguousarray(matrix, np.float32).ravel())
+    return pa.FixedSizeListArray.from_arrays(values, matrix.shape[1], mask=pa.array(~valid))
+
+
+def score_manifest(
+    table: pa.Table,
+    checkpoint: str,
+    output_dir: Path,
+    config: ScoringConfig,
+    sample_rate: int | None,
+) -> Path:
+    """Score every row of `table` with the checkpoint's model; writes `output_dir/*.parquet`, returns it."""
+    table = table.append_column("row_index", pa.array(np.arange(len(table), dtype=np.int64)))
+    is_audio = "features" not in table.column_names
+    if not is_audio:
+        table = table.append_column("error", pa.nulls(len(table), pa.string()))
+    keep = [*PASS_THROUGH, *(("audio", "start_s", "end_s") if is_audio else ("features", "error"))]
+    dataset = ray.data.from_arrow(table.select(keep))
+    if is_audio:
+        dataset = dataset.map_batches(
+            decode_batch,
+            fn_kwargs={"sample_rate": sample_rate},
+            batch_format="pyarrow",
+            batch_size=config.batch_size,
+            num_cpus=config.decode_cpus,
+        )
+    scored = dataset.map_batches(
+        BatchScorer,
+        fn_constructor_kwargs={
+            "checkpoint": checkpoint,
+            "torch_threads": 1,
+            "with_embedding": config.write_embeddings,
+        },
+        batch_format="pyarrow",
+        batch_size=config.batch_size,
+        compute=ActorPoolStrategy(min_size=config.min_actors, max_size=config.max_actors),
+        num_cpus=config.cpus_per_actor,
+    )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    scored.write_parquet(str(output_dir.resolve()), mode="overwrite")
+    return output_dir
+
+
+def read_rejects(scores_dir: Path) -> pa.Table:
+    """The rows the scorer could not decode: clip_id and the reason."""
+    table = pq.read_table(scores_dir, columns=["row_index", "clip_id", "error"])
+    return (
+        table.filter(pc.is_valid(table["error"]))
+        .sort_by("row_index")
+        .rename_columns(["row_index", "clip_id", "reason"])
+    )

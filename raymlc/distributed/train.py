@@ -1,0 +1,192 @@
+"""Ray Train: the core training loop (`raymlc.engine`) under a `TorchTrainer` with DDP and checkpoints.
+
+Each worker decodes only its shard of the train split (rank, rank + W, ... padded so every worker runs
+the same number of steps). Rank 0 evaluates on val and writes a checkpoint every epoch (model,
+optimizer, epoch, history); a replaced worker, or a rerun with the same name and storage path,
+resumes from the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray.train
+import torch
+from ray.train.torch import TorchTrainer, prepare_model
+
+from raymlc.config import PipelineConfig, RunConfig
+from raymlc.data import LabelVocabulary
+from raymlc.engine import (
+    cosine_lr,
+    evaluate,
+    iterate_batches,
+    load_split,
+    make_loss,
+    make_optimizer,
+    train_epoch,
+)
+from raymlc.local import CHECKPOINT, load_checkpoint, load_manifest_table, window_samples
+from raymlc.models import FeatureMLP, build_model
+
+TRAIN_STATE = "train_state.pt"
+
+
+@dataclass
+class TrainResult:
+    """The final checkpoint (in the run's storage) and the per-epoch history rank 0 reported."""
+
+    checkpoint: ray.train.Checkpoint
+    history: list[dict]
+
+    def load_model(self) -> torch.nn.Module:
+        """The trained model on the CPU, in eval mode."""
+        with self.checkpoint.as_directory() as directory:
+            model, _, _ = load_checkpoint(Path(directory, CHECKPOINT))
+        return model.eval()
+
+
+def shard_positions(n_rows: int, rank: int, world_size: int) -> np.ndarray:
+    """Row positions of worker `rank`: every world_size-th row, wrapped so all shards have equal length."""
+    per_worker = math.ceil(n_rows / world_size)
+    return (rank + world_size * np.arange(per_worker)) % n_rows
+
+
+def flag_mask(flags_path: str, clip_ids: list[str], vocabulary: LabelVocabulary) -> np.ndarray:
+    """Loss mask [N, C] for `clip_ids`: 0 where the flags table marks (clip, label) as flagged, else 1."""
+    flags = pq.read_table(flags_path, columns=["clip_id", "flagged"])
+    flagged_by_clip = dict(zip(flags.column("clip_id").to_pylist(), flags.column("flagged").to_pylist(), strict=True))
+    flagged = vocabulary.encode([flagged_by_clip.get(clip_id) or [] for clip_id in clip_ids], clip_ids)
+    return 1.0 - flagged
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Runs on every Train worker; `loop_config` holds the run config, vocabulary and optional flags."""
+    config = RunConfig.model_validate(loop_config["config"])
+    vocabulary = LabelVocabulary(loop_config["vocabulary"])
+    torch.set_num_threads(loop_config["torch_threads"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    if pid_dir := os.environ.get("RAYMLC_TRAIN_PID_DIR"):  # lets tests find and kill a worker
+        Path(pid_dir, f"{context.get_experiment_name()}-rank{rank}.pid").write_text(str(os.getpid()))
+
+    table = load_manifest_table(config)
+    train_rows = table.filter(pc.equal(table.column("split"), "train"))
+    frontend = config.frontend if "features" not in table.column_names else None
+    shard = train_rows.take(pa.array(shard_positions(len(train_rows), rank, world_size)))
+    train = load_split(shard, vocabulary, None, frontend, loop_config["label_source"])
+    mask = flag_mask(loop_config["flags"], train.clip_ids, vocabulary) if loop_config.get("flags") else None
+    val = load_split(table, vocabulary, "val", frontend, loop_config["label_source"]) if rank == 0 else None
+
+    feature_dim = None if train.is_audio else train.inputs.shape[1]
+    model = build_model(config.model, config.frontend, len(vocabulary), feature_dim)
+    if isinstance(model, FeatureMLP):  # standardize with the whole train split, the same on every worker
+        full = load_split(train_rows, vocabulary, None, None)
+        model.set_standardization(torch.from_numpy(full.inputs))
+    optimizer = make_optimizer(model, config.train)
+    start_epoch, history = 0, []
+    if checkpoint := ray.train.get_checkpoint():
+        with checkpoint.as_directory() as directory:
+            state = torch.load(Path(directory, TRAIN_STATE), map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model_state"])
+        optimizer.load_state_dict(state["optimizer_state"])
+        start_epoch, history = state["epoch"], state["history"]
+    model = prepare_model(model)
+    core = model.module if hasattr(model, "module") else model
+    loss_fn = make_loss(config.train)
+    window = window_samples(config)
+
+    for epoch in range(start_epoch, config.train.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(config.train, epoch)
+        rng = np.random.default_rng([config.train.seed, rank, epoch])
+        batches = iterate_batches(train, config.train.batch_size, rng, window, mask)
+        record = {"epoch": epoch + 1, "train_loss": train_epoch(model, optimizer, loss_fn, batches)}
+        with tempfile.TemporaryDirectory() as directory:
+            checkpoint = None
+            if rank == 0:
+                if val is not None and len(val):
+                    record["val_map"] = evaluate(core, val, config.train.eval_batch_size, window)["map"]
+                history.append(record)
+                _save(Path(directory), core, optimizer, epoch + 1, history, config, vocabulary, feature_dim)
+                checkpoint = ray.train.Checkpoint.from_directory(directory)
+            ray.train.report(record, checkpoint=checkpoint)
+
+
+def _save(
+    directory: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    history: list[dict],
+    config: RunConfig,
+    vocabulary: LabelVocabulary,
+    feature_dim: int | None,
+) -> None:
+    """A checkpoint directory: the training state, plus `checkpoint.pt` in `raymlc.local`'s format."""
+    model_state = model.state_dict()
+    torch.save(
+        {
+            "model_state": model_state,
+            "optimizer_state": optimizer.state_dict(),
+            "epoch": epoch,
+            "history": history,
+        },
+        directory / TRAIN_STATE,
+    )
+    torch.save(
+        {
+            "model_state": model_state,
+            "config": config.model_dump(),
+            "vocabulary": list(vocabulary.names),
+            "feature_dim": feature_dim,
+        },
+        directory / CHECKPOINT,
+    )
+
+
+def train_distributed(
+    config: PipelineConfig,
+    name: str,
+    vocabulary: LabelVocabulary,
+    label_source: str = "observed",
+    flags: str | None = None,
+) -> TrainResult:
+    """Train with Ray Train under `config.ray.storage_path/name`; rerunning the same name resumes."""
+    ray_config = config.ray
+    run_config = config.core()
+    storage_path = ray_config.storage_path
+    if "://" not in storage_path:
+        storage_path = os.path.abspath(storage_path)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": run_config.model_dump(),
+            "vocabulary": list(vocabulary.names),
+            "label_source": label_source,
+            "flags": flags,
+            "torch_threads": ray_config.torch_threads,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=ray_config.num_workers,
+            use_gpu=ray_config.use_gpu,
+            resources_per_worker={"CPU": ray_config.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=ray_config.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as directory:
+        state = torch.load(Path(directory, TRAIN_STATE), map_location="cpu", weights_only=True)
+    return TrainResult(result.checkpoint, state["history"])

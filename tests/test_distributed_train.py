@@ -1,0 +1,111 @@
+"""Ray Train around the core loop: DDP over 2 workers, checkpoints, resume by name, a killed worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from raymlc.config import PipelineConfig
+from raymlc.data import LabelVocabulary, normalize_manifest
+from raymlc.distributed.train import flag_mask, shard_positions, train_distributed
+from raymlc.engine import evaluate, load_split
+
+pytestmark = pytest.mark.slow
+
+
+def write_features_manifest(path: Path, n_train: int, dim: int = 16, seed: int = 0) -> Path:
+    """Label l present iff feature l > 0.3 (learnable); 100 val and 100 test rows."""
+    rng = np.random.default_rng(seed)
+    n = n_train + 200
+    features = rng.normal(size=(n, dim)).astype(np.float32)
+    names = ["a", "b", "c"]
+    table = normalize_manifest(
+        pa.table(
+            {
+                "clip_id": [f"c{i}" for i in range(n)],
+                "features": pa.FixedSizeListArray.from_arrays(pa.array(features.ravel()), dim),
+                "labels": [[names[k] for k in range(3) if row[k] > 0.3] for row in features],
+                "split": ["train"] * n_train + ["val"] * 100 + ["test"] * 100,
+            }
+        )
+    )
+    pq.write_table(table, path)
+    return path
+
+
+def pipeline_config(manifest: Path, storage: Path, epochs: int, **train) -> PipelineConfig:
+    return PipelineConfig.model_validate(
+        {
+            "data": {"manifest": str(manifest)},
+            "model": {"kind": "mlp", "hidden": [32], "embedding_dim": 16, "dropout": 0.0},
+            "train": {"epochs": epochs, "batch_size": 32, "lr": 0.01, **train},
+            "ray": {
+                "num_workers": 2,
+                "cpus_per_worker": 0.5,
+                "storage_path": str(storage),
+                "max_failures": 2,
+            },
+        }
+    )
+
+
+def test_shard_positions_cover_all_rows_with_equal_lengths() -> None:
+    shards = [shard_positions(7, rank, 3) for rank in range(3)]
+    assert [len(s) for s in shards] == [3, 3, 3]
+    assert set(np.concatenate(shards)) == set(range(7))
+
+
+def test_flag_mask_zeroes_flagged_entries(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"clip_id": ["x", "y"], "flagged": [["b"], []]}), tmp_path / "flags.parquet")
+    mask = flag_mask(str(tmp_path / "flags.parquet"), ["y", "x", "z"], LabelVocabulary(["a", "b"]))
+    np.testing.assert_array_equal(mask, [[1, 1], [1, 0], [1, 1]])
+
+
+def test_two_workers_learn_and_rerun_resumes(ray_session, tmp_path: Path) -> None:
+    manifest = write_features_manifest(tmp_path / "m.parquet", n_train=600)
+    vocabulary = LabelVocabulary(["a", "b", "c"])
+    first = train_distributed(pipeline_config(manifest, tmp_path / "ray", 3), "run", vocabulary)
+    assert [r["epoch"] for r in first.history] == [1, 2, 3]
+    assert all("val_map" in r for r in first.history)
+
+    # Same name, more epochs: continues from epoch 3 instead of starting again.
+    second = train_distributed(pipeline_config(manifest, tmp_path / "ray", 5), "run", vocabulary)
+    assert [r["epoch"] for r in second.history] == [1, 2, 3, 4, 5]
+    assert second.history[:3] == first.history
+
+    table = pq.read_table(manifest)
+    test = load_split(table, vocabulary, "test", None)
+    assert evaluate(second.load_model(), test, 64, None)["map"] > 0.9
+
+
+def test_killed_worker_is_replaced_and_training_finishes(ray_session, train_pid_dir: Path, tmp_path: Path) -> None:
+    manifest = write_features_manifest(tmp_path / "m.parquet", n_train=30000)
+    config = pipeline_config(manifest, tmp_path / "ray", 4, batch_size=16)
+    pid_file = train_pid_dir / "kill-rank1.pid"
+    killed: list[int] = []
+
+    def kill_rank1_after_first_checkpoint() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if list((tmp_path / "ray" / "kill").glob("checkpoint_*")) and pid_file.exists():
+                pid = int(pid_file.read_text())
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_rank1_after_first_checkpoint, daemon=True)
+    killer.start()
+    result = train_distributed(config, "kill", LabelVocabulary(["a", "b", "c"]))
+    killer.join(timeout=5)
+    assert killed, "rank 1 was never killed"
+    assert int(pid_file.read_text()) != killed[0]  # a new worker took over
+    assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]

@@ -1,0 +1,84 @@
+"""End to end: `raymlc pipeline` on a tiny demo with one corrupt clip, on the session's local Ray."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from raymlc.config import DemoConfig, PipelineConfig
+from raymlc.data import LabelVocabulary
+from raymlc.data.demo import make_demo
+from raymlc.distributed.pipeline import run_pipeline
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-second demo with 80 train clips, plus one corrupt train clip appended to the manifest."""
+    root = tmp_path_factory.mktemp("demo")
+    manifest = make_demo(root, DemoConfig(n_train=80, n_val=24, n_test=24, clip_seconds=1.0, seed=3))
+    table = pq.read_table(manifest)
+    corrupt = root / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio")
+    row = table.slice(0, 1).to_pylist()[0] | {"clip_id": "corrupt-clip", "audio": str(corrupt)}
+    pq.write_table(pa.concat_tables([table, pa.Table.from_pylist([row], schema=table.schema)]), manifest)
+    return manifest
+
+
+def test_pipeline_runs_every_stage(ray_session, tiny_demo: Path, tmp_path: Path) -> None:
+    config = PipelineConfig.model_validate(
+        {
+            "data": {"manifest": str(tiny_demo)},
+            "frontend": {"window_seconds": 1.0, "n_mels": 32},
+            "model": {"channels": [8, 16], "embedding_dim": 16},
+            "train": {"epochs": 2, "batch_size": 16},
+            "ray": {"num_workers": 2, "cpus_per_worker": 0.5, "storage_path": str(tmp_path / "ray")},
+            "scoring": {"batch_size": 16, "min_actors": 1, "max_actors": 1},
+            "flagging": {"percent": 5.0, "report_top": 2},
+        }
+    )
+    output = tmp_path / "run"
+    lines: list[str] = []
+    metrics = run_pipeline(config, output, log=lines.append)
+
+    on_disk = json.loads((output / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(metrics))
+    for name in ("teacher", "student", "perfect_mask", "oracle"):
+        assert set(metrics[name]) == {"map", "d_prime", "lwlrap", "micro_f1", "macro_f1"}
+        assert 0 <= metrics[name]["map"] <= 1
+    assert (output / "report.md").exists() and (output / "ap_per_class.png").exists()
+
+    # The corrupt clip is reported with a reason and skipped; every other train clip is scored once.
+    rejects = pq.read_table(output / "rejects.parquet").to_pylist()
+    assert [r["clip_id"] for r in rejects] == ["corrupt-clip"] and rejects[0]["reason"]
+    assert any("corrupt-clip" in line for line in lines)
+    scores = pq.read_table(output / "scores")
+    assert len(scores) == 81 and len(set(scores["clip_id"].to_pylist())) == 81
+
+    # Flags: 5 % of each class's implicit negatives (round half up), never a positive or explicit negative.
+    manifest = pq.read_table(tiny_demo)
+    train = manifest.filter(pc.equal(manifest["split"], "train"))
+    train = train.filter(pc.not_equal(train["clip_id"], "corrupt-clip"))
+    vocabulary = LabelVocabulary.from_table(manifest)
+    flags = pq.read_table(output / "flags")
+    by_clip = dict(zip(flags["clip_id"].to_pylist(), flags["flagged"].to_pylist(), strict=True))
+    ids = train["clip_id"].to_pylist()
+    flagged = vocabulary.encode([by_clip[i] for i in ids], ids).astype(bool)
+    positives = vocabulary.encode(train["labels"].to_pylist(), ids).astype(bool)
+    explicit = vocabulary.encode(train["explicit_negatives"].to_pylist(), ids).astype(bool)
+    assert not (flagged & (positives | explicit)).any()
+    implicit = (~(positives | explicit)).sum(axis=0)
+    np.testing.assert_array_equal(flagged.sum(axis=0), np.floor(implicit * 0.05 + 0.5))
+    assert metrics["flags"]["count"] == int(flagged.sum())
+
+    # A rerun finds every stage done and only re-evaluates.
+    rerun_lines: list[str] = []
+    assert run_pipeline(config, output, log=rerun_lines.append)["teacher"] == metrics["teacher"]
+    assert any("teacher: already trained" in line for line in rerun_lines)
