@@ -17,8 +17,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: install
-	$(BIN)/raymlc make-demo --output runs/demo-data
-	$(BIN)/raymlc train --config configs/demo.yaml --output runs/demo
+	test -f runs/demo-data/manifest.parquet || $(BIN)/raymlc make-demo --output runs/demo-data
+	$(BIN)/raymlc pipeline --config configs/demo.yaml --output runs/demo
 
 test: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/pytest -q

@@ -12,8 +12,9 @@ labels; MULAN emotions and birds (`configs/mulan_*.yaml`, skipped without ../sha
 mixtures (1-3 spoken digits per 2-s clip at 8 kHz, 30 % of train positives removed at random; skipped
 without ../shared/data). Demo data and mixtures are written once under `--data-dir` and reused.
 
-The teacher–student flag mask does not exist yet (later issue): every fit here uses no mask; rerun the
-"train" fits with `mask = 1 − flags` once it does.
+"train, flag mask": the fused fit on train with the teacher–student mask `1 − flags` (`raymlc.flagging`, top
+1 % of each class's implicit negatives flagged, the BCE tagger as its own in-sample teacher); "val" fits need
+no mask (the flags are a training-split notion).
 
     .venv/bin/python bench/thresholds.py         # ~12 min on 2 cores; writes bench/results/thresholds.json
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import time
 from collections.abc import Callable
@@ -33,12 +35,14 @@ import pyarrow.parquet as pq
 import soundfile as sf
 import torch
 
-from raymlc.config import DemoConfig, RunConfig, ThresholdConfig, load_config
+from raymlc import engine, features, inference, losses, models
+from raymlc.config import DemoConfig, FlaggingConfig, RunConfig, ThresholdConfig, load_config
 from raymlc.data.audio import decode_audio
 from raymlc.data.demo import make_demo
 from raymlc.data.schema import normalize_manifest
 from raymlc.decision_rules import adaptive, fit_per_class, fit_prior_shift, fixed, per_class, prior_shift
 from raymlc.engine import fit, predict
+from raymlc.flagging import TopKFlagger, flag_budget, flag_mask_for, implicit_negative_counts
 from raymlc.local import Dataset, load_dataset, new_model, window_samples
 from raymlc.metrics import f1_scores
 from raymlc.thresholds import MemoryBank, fit_thresholds, idf, thresholds_for
@@ -46,6 +50,7 @@ from raymlc.thresholds import MemoryBank, fit_thresholds, idf, thresholds_for
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 SPLITS = ("train", "val", "test")
+TRAINING_CODE = (engine, features, inference, losses, models)
 Outputs = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (logits [N, C], embeddings [N, E])
 
 
@@ -139,7 +144,7 @@ def fsdd_config(data_dir: Path) -> RunConfig | None:
                 "f_min": 50.0,
             },
             "model": {"kind": "cnn", "channels": [16, 32, 64, 128], "embedding_dim": 128},
-            "train": {"epochs": 15, "batch_size": 32, "lr": 0.003},
+            "train": {"epochs": 10, "batch_size": 32, "lr": 0.003},
         }
     )
 
@@ -168,9 +173,11 @@ def benchmark_configs(data_dir: Path, names: list[str]) -> dict[str, RunConfig]:
 def train_outputs(config: RunConfig, dataset: Dataset, name: str, cache: Path | None) -> Outputs:
     """Train a tagger on the train split; its clip-level logits and embeddings on every split.
 
-    With `cache`, outputs are stored as `{cache}/{name}-{hash of the data/model/train config}.npz` and reused.
+    With `cache`, outputs are stored as `{cache}/{name}-{hash}.npz` and reused; the hash covers the data,
+    model and train config and the source of the modules that train and score.
     """
-    key = hashlib.sha1(config.model_dump_json(exclude={"thresholds"}).encode()).hexdigest()[:12]
+    fingerprint = config.model_dump_json(exclude={"thresholds"}) + "".join(map(inspect.getsource, TRAINING_CODE))
+    key = hashlib.sha1(fingerprint.encode()).hexdigest()[:12]
     path = None if cache is None else cache / f"{name}-{key}.npz"
     if path is not None and path.is_file():
         log(f"  {name}: reusing the trained model's outputs in {path}")
@@ -188,9 +195,7 @@ def train_outputs(config: RunConfig, dataset: Dataset, name: str, cache: Path | 
     outputs = {s: predict(model, data, config.train.eval_batch_size, window) for s, data in splits.items()}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {
-            f"{s}_{kind}": outputs[s][i] for s in SPLITS for i, kind in enumerate(("logits", "embeddings"))
-        }
+        arrays = {f"{s}_{kind}": outputs[s][i] for s in SPLITS for i, kind in enumerate(("logits", "embeddings"))}
         np.savez(path, **arrays)
     return outputs
 
@@ -212,19 +217,33 @@ def evaluate_rules(dataset: Dataset, bce: Outputs, sigmoid_f1: Outputs, settings
     score("sigmoidF1 @ 0.5", fixed(sigmoid_f1["test"][0]))
     bank = MemoryBank.build(bce["train"][1], targets["train"], settings.bank_size, settings.bank_seed)
     train_idf = idf(targets["train"])
-    for split in ("val", "train"):
-        exclude = np.arange(len(dataset.train)) if split == "train" else None
+    own = np.arange(len(dataset.train))
+    fits = [("val", None), ("train", None), ("train, flag mask", teacher_student_mask(dataset, bce["train"][0]))]
+    for fit_name, mask in fits:
+        split = fit_name.split(",")[0]
         for variant, lam in (("IDF", 1.0), ("KNN", 0.0), ("fused", settings.lam)):
+            if mask is not None and variant != "fused":
+                continue
             variant_settings = settings.model_copy(update={"lam": lam})
             logits, embeddings = bce[split]
+            exclude = own if split == "train" else None
             module = fit_thresholds(
-                logits, embeddings, targets[split], bank, train_idf, variant_settings, exclude=exclude
+                logits, embeddings, targets[split], bank, train_idf, variant_settings, exclude=exclude, mask=mask
             )
-            score(
-                f"adaptive {variant} ({split})",
-                adaptive(test_logits, thresholds_for(module, bank, test_embeddings)),
-            )
+            theta = thresholds_for(module, bank, test_embeddings)
+            score(f"adaptive {variant} ({fit_name})", adaptive(test_logits, theta))
     return results
+
+
+def teacher_student_mask(dataset: Dataset, train_logits: np.ndarray) -> np.ndarray:
+    """1 − flags [N_train, C]: the BCE tagger, as its own in-sample teacher, flags the implicit negatives it
+    scores highest (top `FlaggingConfig().percent` % per class, `raymlc.flagging`)."""
+    positives, explicit = dataset.train.targets, dataset.train.explicit_negatives
+    flagging = FlaggingConfig()
+    budget = flag_budget(implicit_negative_counts(positives, explicit), flagging.percent, flagging.top_k)
+    flagger, rows = TopKFlagger(budget), np.arange(len(positives))
+    flagger.update(rows, train_logits, positives, explicit)
+    return 1.0 - flag_mask_for(rows, flagger.result())
 
 
 def run_dataset(name: str, config: RunConfig, cache: Path | None) -> dict:
@@ -235,9 +254,7 @@ def run_dataset(name: str, config: RunConfig, cache: Path | None) -> dict:
         f"{len(dataset.vocabulary)} labels, model {config.model.kind}, {config.train.epochs} epochs"
     )
     bce = train_outputs(config, dataset, f"{name}-bce", cache)
-    sigmoid_config = config.model_copy(
-        update={"train": config.train.model_copy(update={"loss": "sigmoid_f1"})}
-    )
+    sigmoid_config = config.model_copy(update={"train": config.train.model_copy(update={"loss": "sigmoid_f1"})})
     sigmoid_f1 = train_outputs(sigmoid_config, dataset, f"{name}-sigmoid_f1", cache)
     rules = evaluate_rules(dataset, bce, sigmoid_f1, config.thresholds)
     seconds = time.perf_counter() - started

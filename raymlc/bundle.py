@@ -26,8 +26,9 @@ from torch import nn
 import raymlc
 from raymlc.config import RunConfig
 from raymlc.data import LabelVocabulary
-from raymlc.data.audio import decode_audio, eval_windows
+from raymlc.data.audio import decode_audio
 from raymlc.data.files import resolve
+from raymlc.inference import score_batch
 from raymlc.models import build_model
 from raymlc.thresholds import AdaptiveThresholds, MemoryBank, thresholds_for
 
@@ -88,31 +89,24 @@ class Tagger:
     def window_samples(self) -> int:
         return round(self.config.frontend.window_seconds * self.config.frontend.sample_rate)
 
-    @torch.no_grad()
     def tag_waveforms(self, waveforms: Sequence[np.ndarray]) -> TagResult:
         """Tag mono waveforms at `sample_rate` (any lengths): each clip is cut into `eval_windows`; its logits
-        are the max and its embedding the mean over its windows (as `engine.predict`)."""
+        are the max and its embedding the mean over its windows (`raymlc.inference.score_batch`)."""
         if not self.is_audio:
             raise ValueError("this bundle tags feature vectors: use tag_features")
         if not len(waveforms):
-            return self._result(np.zeros((0, len(self.vocabulary)), np.float32), self._no_embeddings())
-        windows = [eval_windows(wave, self.window_samples) for wave in waveforms]
-        output = self.model(torch.from_numpy(np.concatenate(windows)))
-        counts = [len(w) for w in windows]
-        logits = torch.stack([chunk.amax(dim=0) for chunk in output.logits.split(counts)])
-        embeddings = torch.stack([chunk.mean(dim=0) for chunk in output.embedding.split(counts)])
+            return self._empty()
+        logits, embeddings = score_batch(self.model, waveforms, self.window_samples)
         return self._result(logits.numpy(), embeddings.numpy())
 
-    @torch.no_grad()
     def tag_features(self, features: np.ndarray) -> TagResult:
         """Tag feature vectors [B, D] (feature bundles only)."""
         if self.is_audio:
             raise ValueError("this bundle tags waveforms: use tag_waveforms")
-        features = np.asarray(features, dtype=np.float32)
         if not len(features):
-            return self._result(np.zeros((0, len(self.vocabulary)), np.float32), self._no_embeddings())
-        output = self.model(torch.from_numpy(features))
-        return self._result(output.logits.numpy(), output.embedding.numpy())
+            return self._empty()
+        logits, embeddings = score_batch(self.model, np.asarray(features, dtype=np.float32), None)
+        return self._result(logits.numpy(), embeddings.numpy())
 
     def read_input(self, path: str) -> np.ndarray:
         """One model input from a file: the decoded waveform (audio bundles), else a `.npy` vector [D].
@@ -131,8 +125,9 @@ class Tagger:
         """`tag_waveforms` or `tag_features`, whichever this bundle takes (inputs as from `read_input`)."""
         return self.tag_waveforms(inputs) if self.is_audio else self.tag_features(np.stack(inputs))
 
-    def _no_embeddings(self) -> np.ndarray:
-        return np.zeros((0, self.bank.embeddings.shape[1]), np.float32)
+    def _empty(self) -> TagResult:
+        logits = np.zeros((0, len(self.vocabulary)), np.float32)
+        return self._result(logits, np.zeros((0, self.bank.embeddings.shape[1]), np.float32))
 
     def _result(self, logits: np.ndarray, embeddings: np.ndarray) -> TagResult:
         theta = thresholds_for(self.thresholds, self.bank, embeddings)

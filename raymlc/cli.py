@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from raymlc.config import ConfigError, DemoConfig, load_config
+from raymlc.config import ConfigError, DemoConfig, ServeConfig, load_config
 from raymlc.data import ManifestError
 
 SUMMARY_KEYS = ("map", "d_prime", "lwlrap", "micro_f1", "macro_f1")
@@ -46,7 +46,7 @@ def cmd_make_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from raymlc.local import METRICS, train_local
+    from raymlc.local import BUNDLE, METRICS, train_local
 
     config = load_config(args.config)
     if args.manifest:
@@ -55,7 +55,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         config.data.label_source = args.label_source
     metrics = train_local(config, Path(args.output))
     print(format_metrics("test", metrics["test"]))
-    print(f"wrote {Path(args.output) / METRICS}")
+    print(f"wrote {Path(args.output) / METRICS} and the tagger bundle {Path(args.output) / BUNDLE}")
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
@@ -83,6 +83,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
@@ -130,6 +137,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
             else:
                 print(format_tags(path, tagger.vocabulary.names, result, rows[path], args.json), flush=True)
     return 1 if failed else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from raymlc.bundle import BundleError
+    from raymlc.distributed.serve import run_local
+
+    config = ServeConfig(bundle_uri=args.bundle, max_batch_size=args.max_batch_size, max_duration_s=args.max_duration_s)
+    try:
+        run_local(config, args.host, args.port, args.max_replicas)
+    except BundleError as error:
+        print(f"raymlc serve: error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,6 +216,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--batch-size", type=positive_int, default=16, help="files tagged per batch (default 16)")
     predict.set_defaults(run=cmd_predict)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve a tagger bundle over HTTP with Ray Serve on this machine, until Ctrl-C",
+        description="Starts Ray in this process and serves the bundle: POST /v1/tag (an audio file), "
+        "POST /v1/tag/embedding (a feature vector), GET /v1/labels, /healthz, /metrics; API docs at /docs. "
+        "SIGINT or SIGTERM shuts Serve and Ray down. On a cluster use `serve deploy serve/config.yaml`.",
+    )
+    serve.add_argument("--bundle", required=True, help="bundle directory (local path or s3://, gs://, file:// URI)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=positive_int, default=8000, help="HTTP port (default 8000)")
+    serve.add_argument(
+        "--max-replicas", type=positive_int, default=1, help="autoscale from 1 to N replicas, 1 CPU each (default 1)"
+    )
+    serve.add_argument(
+        "--max-batch-size", type=positive_int, default=16, help="clips per model call; 1 disables batching"
+    )
+    serve.add_argument(
+        "--max-duration-s", type=positive_float, default=120.0, help="longest clip accepted, in seconds (default 120)"
+    )
+    serve.set_defaults(run=cmd_serve)
     return parser
 
 

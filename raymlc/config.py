@@ -185,6 +185,21 @@ class PipelineConfig(RunConfig):
     references: bool = True  # also train the oracle and perfect-mask students when removed_labels exist
 
 
+class ServeConfig(Strict):
+    """The tagger HTTP service (`raymlc serve`, serve/config.yaml): which bundle, request limits, batching.
+
+    It is the Serve deployment's `user_config`: `serve deploy` with a changed value (a new `bundle_uri`)
+    applies it to the running replicas in place (`reconfigure`), without dropping requests.
+    """
+
+    bundle_uri: str = Field(min_length=1)  # bundle directory: local path or s3://, gs://, file:// URI
+    max_duration_s: float = Field(120.0, gt=0)  # longer clips answer 413
+    max_body_mb: float = Field(32.0, gt=0)  # larger request bodies answer 413
+    max_batch_size: int = Field(16, ge=1)  # clips per model call (`@serve.batch`); 1 disables batching
+    batch_wait_timeout_s: float = Field(0.01, ge=0)  # how long a batch waits to fill
+    torch_threads: int = Field(1, ge=1)  # intra-op threads per replica
+
+
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +21,8 @@ from torch import nn
 
 from raymlc.config import FrontEndConfig, TrainConfig
 from raymlc.data import LabelVocabulary
-from raymlc.data.audio import decode_clips, eval_windows, fit_window
+from raymlc.data.audio import decode_clips, fit_window
+from raymlc.inference import score_batch
 from raymlc.losses import masked_bce, sigmoid_f1
 from raymlc.metrics import summarize
 
@@ -127,28 +128,6 @@ def train_epoch(
     return total / max(count, 1)
 
 
-@torch.no_grad()
-def score_batch(
-    model: nn.Module, inputs: Sequence[np.ndarray] | np.ndarray, window_samples: int | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clip-level logits [B, C] and embeddings [B, E] of one batch, the model in eval mode.
-
-    Waveforms (a sequence of 1-D arrays of any length) are cut into the model's deterministic windows;
-    a clip's logits are the max and its embedding the mean over its windows. Feature rows [B, D] go
-    straight in. Training, Ray Data scoring and serving all score through this function.
-    """
-    device = next(model.parameters()).device
-    if window_samples is None:
-        output = model(torch.as_tensor(np.asarray(inputs, dtype=np.float32)).to(device))
-        return output.logits.cpu(), output.embedding.cpu()
-    windows = [eval_windows(wave, window_samples) for wave in inputs]
-    counts = [len(w) for w in windows]
-    output = model(torch.from_numpy(np.concatenate(windows)).to(device))
-    logits = torch.stack([chunk.amax(dim=0) for chunk in output.logits.split(counts)])
-    embeddings = torch.stack([chunk.mean(dim=0) for chunk in output.embedding.split(counts)])
-    return logits.cpu(), embeddings.cpu()
-
-
 def predict(
     model: nn.Module, data: SplitData, batch_size: int, window_samples: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -156,8 +135,7 @@ def predict(
     model.eval()
     window = window_samples if data.is_audio else None
     batches = [
-        score_batch(model, data.inputs[start : start + batch_size], window)
-        for start in range(0, len(data), batch_size)
+        score_batch(model, data.inputs[start : start + batch_size], window) for start in range(0, len(data), batch_size)
     ]
     return torch.cat([b[0] for b in batches]).numpy(), torch.cat([b[1] for b in batches]).numpy()
 

@@ -63,19 +63,14 @@ def load_dataset(config: RunConfig) -> Dataset:
     vocabulary = LabelVocabulary.from_table(table)
     frontend = config.frontend if "features" not in table.column_names else None
     splits = [
-        load_split(table, vocabulary, name, frontend, config.data.label_source)
-        for name in ("train", "val", "test")
+        load_split(table, vocabulary, name, frontend, config.data.label_source) for name in ("train", "val", "test")
     ]
     return Dataset(vocabulary, *splits)
 
 
 def window_samples(config: RunConfig) -> int | None:
     """Samples per model window for the CNN; None for feature models."""
-    return (
-        round(config.frontend.window_seconds * config.frontend.sample_rate)
-        if config.model.kind == "cnn"
-        else None
-    )
+    return round(config.frontend.window_seconds * config.frontend.sample_rate) if config.model.kind == "cnn" else None
 
 
 def new_model(config: RunConfig, dataset: Dataset) -> nn.Module:

@@ -26,12 +26,12 @@ def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
-        nn.AvgPool2d(2),
+        nn.MaxPool2d(2),
     )
 
 
 class AudioCNN(nn.Module):
-    """LogMel -> conv blocks (3x3 conv, BN, ReLU, 2x2 pool) -> mean over mel, max+mean over time -> FC."""
+    """LogMel -> conv blocks (3x3 conv, BN, ReLU, 2x2 max pool) -> mean over mel, max+mean over time -> FC."""
 
     def __init__(self, frontend: FrontEndConfig, config: ModelConfig, n_classes: int) -> None:
         super().__init__()

@@ -16,7 +16,9 @@ same rule runs at serving time, where no labels exist:
   from its own neighbours (`exclude`).
 
 α, β, b are fitted on a frozen trained tagger (`fit_thresholds`): the KNN signal is then a constant and the
-fit is a small full-batch problem. α = β = b = 0 at the start, i.e. the fixed rule z > 0 (p > 0.5).
+fit is a small full-batch problem. α = β = b = 0 at the start, i.e. the fixed rule z > 0 (p > 0.5). With a
+frozen backbone IDF_l is a per-label constant, so α_l·IDF_l and b_l are interchangeable: the IDF-only rule
+(λ = 1) is a learned per-label offset, and λ only rescales how fast α and β move in the fused rule.
 """
 
 from __future__ import annotations
@@ -45,12 +47,7 @@ class MemoryBank:
 
     def __post_init__(self) -> None:
         n = len(self.embeddings)
-        if (
-            self.embeddings.ndim != 2
-            or self.targets.ndim != 2
-            or len(self.targets) != n
-            or len(self.ids) != n
-        ):
+        if self.embeddings.ndim != 2 or self.targets.ndim != 2 or len(self.targets) != n or len(self.ids) != n:
             raise ValueError("a memory bank needs embeddings [M, E], targets [M, C] and ids [M]")
         if n == 0:
             raise ValueError("a memory bank needs at least one clip")
@@ -65,7 +62,7 @@ class MemoryBank:
         ids = np.arange(len(embeddings))
         if max_size is not None and len(ids) > max_size:
             ids = np.sort(np.random.default_rng(seed).choice(len(ids), size=max_size, replace=False))
-        unit = F.normalize(torch.as_tensor(embeddings[ids], dtype=torch.float32), dim=1)
+        unit = F.normalize(torch.as_tensor(np.asarray(embeddings)[ids], dtype=torch.float32), dim=1)
         return cls(unit.numpy().astype(np.float16), (np.asarray(targets)[ids] > 0).astype(np.uint8), ids)
 
     def __len__(self) -> int:

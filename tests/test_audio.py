@@ -150,9 +150,7 @@ def test_bad_audio_raises_audio_error(tmp_path, make, reason):
     assert reason in caught.value.reason
 
 
-@pytest.mark.parametrize(
-    ("start_s", "end_s"), [(2.0, None), (0.5, 0.5), (0.6, 0.4), (-1.0, None), (float("nan"), 1.0)]
-)
+@pytest.mark.parametrize(("start_s", "end_s"), [(2.0, None), (0.5, 0.5), (0.6, 0.4), (-1.0, None), (float("nan"), 1.0)])
 def test_empty_or_invalid_segment_raises(tmp_path, start_s, end_s):
     path = _write(tmp_path / "sine.wav", _stereo_sine(SR))
     with pytest.raises(AudioError, match="segment"):

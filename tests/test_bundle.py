@@ -14,7 +14,7 @@ import torch
 
 from raymlc.bundle import BundleError, Tagger, load_bundle, save_bundle
 from raymlc.cli import main
-from raymlc.config import RunConfig
+from raymlc.config import PipelineConfig, RunConfig
 from raymlc.data import LabelVocabulary
 from raymlc.engine import SplitData, predict
 from raymlc.models import build_model
@@ -35,11 +35,11 @@ np.savez(sys.argv[4], **{f"audio_{k}": v for k, v in vars(audio).items()},
 """
 
 
-def make_tagger(kind: str, seed: int = 0) -> Tagger:
+def make_tagger(kind: str, seed: int = 0, schema: type[RunConfig] = RunConfig) -> Tagger:
     """An untrained tiny tagger with random threshold parameters and a 12-clip memory bank."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    config = RunConfig.model_validate(
+    config = schema.model_validate(
         {
             "data": {"manifest": "unused.parquet"},
             "frontend": {
@@ -86,7 +86,8 @@ def waves() -> list[np.ndarray]:
 
 
 def test_round_trip_in_a_fresh_process_is_bit_for_bit(tmp_path: Path) -> None:
-    audio, features = make_tagger("cnn"), make_tagger("mlp", seed=1)
+    # a pipeline config (with Ray sections) is saved as its RunConfig core
+    audio, features = make_tagger("cnn"), make_tagger("mlp", seed=1, schema=PipelineConfig)
     save(audio, str(tmp_path / "audio"))
     save(features, (tmp_path / "features").as_uri())  # file:// URI through pyarrow.fs
     inputs = {f"wave{i}": w for i, w in enumerate(waves())}

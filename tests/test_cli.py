@@ -14,7 +14,7 @@ import yaml
 from raymlc.cli import build_parser, main
 from raymlc.data import normalize_manifest
 
-COMMANDS = ["make-demo", "train", "evaluate", "pipeline", "predict"]
+COMMANDS = ["make-demo", "train", "evaluate", "pipeline", "predict", "serve"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -51,9 +51,7 @@ def test_prior_shift_matches_root_finding(validation) -> None:
     offsets = fit_prior_shift(logits, targets)
     for c in range(4):
         rate = targets[:, c].mean()
-        reference = brentq(
-            lambda d, c=c, rate=rate: expit(logits[:, c] + d).mean() - rate, -50, 50, xtol=1e-12
-        )
+        reference = brentq(lambda d, c=c, rate=rate: expit(logits[:, c] + d).mean() - rate, -50, 50, xtol=1e-12)
         assert offsets[c] == pytest.approx(reference, abs=1e-8)
     np.testing.assert_array_equal(prior_shift(logits, offsets), logits + offsets > 0)
     assert not prior_shift(logits, offsets)[:, 4].any()  # rate 0: never predicted

@@ -37,9 +37,7 @@ def mlp_data() -> tuple[LabelVocabulary, SplitData, SplitData, SplitData]:
 
 def test_mlp_learns_separable_labels() -> None:
     vocabulary, train, val, test = mlp_data()
-    model = FeatureMLP(
-        10, ModelConfig(kind="mlp", hidden=[32], embedding_dim=16, dropout=0.0), len(vocabulary)
-    )
+    model = FeatureMLP(10, ModelConfig(kind="mlp", hidden=[32], embedding_dim=16, dropout=0.0), len(vocabulary))
     model.set_standardization(torch.from_numpy(train.inputs))
     history = fit(model, train, val, TrainConfig(epochs=30, batch_size=32, lr=0.01), None)
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -81,9 +79,7 @@ def test_predict_pools_max_over_windows() -> None:
     model = AudioCNN(frontend, ModelConfig(channels=[4, 8], embedding_dim=8), n_classes=2).eval()
     rng = np.random.default_rng(0)
     waves = [rng.normal(size=20000).astype(np.float32), rng.normal(size=3000).astype(np.float32)]
-    data = SplitData(
-        ["long", "short"], waves, np.zeros((2, 2), np.float32), np.zeros((2, 2)), np.zeros((2, 2))
-    )
+    data = SplitData(["long", "short"], waves, np.zeros((2, 2), np.float32), np.zeros((2, 2)), np.zeros((2, 2)))
     logits, embeddings = predict(model, data, batch_size=1, window_samples=8000)
     with torch.no_grad():
         windows = torch.from_numpy(eval_windows(waves[0], 8000))

@@ -36,9 +36,7 @@ def _corrupt_masked(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Ten
 def test_masked_bce_matches_torch_on_unmasked(mask_dtype: torch.dtype) -> None:
     logits, targets, mask = _batch()
     expected = torch.nn.BCEWithLogitsLoss()(logits[mask], targets[mask])
-    assert masked_bce(logits, targets, mask.to(mask_dtype)).item() == pytest.approx(
-        expected.item(), abs=1e-12
-    )
+    assert masked_bce(logits, targets, mask.to(mask_dtype)).item() == pytest.approx(expected.item(), abs=1e-12)
     assert masked_bce(logits, targets).item() == pytest.approx(
         F.binary_cross_entropy_with_logits(logits, targets).item(), abs=1e-12
     )
@@ -86,16 +84,12 @@ def _np_sigmoid_f1(z: np.ndarray, y: np.ndarray, beta: float, eta: float, m: np.
     return float(1 - np.mean(2 * tp / (2 * tp + fp + fn + SIGMOID_F1_EPS)))
 
 
-@pytest.mark.parametrize(
-    ("beta", "eta", "use_mask"), [(1.0, 0.0, False), (3.0, -0.5, False), (0.5, 1.0, True)]
-)
+@pytest.mark.parametrize(("beta", "eta", "use_mask"), [(1.0, 0.0, False), (3.0, -0.5, False), (0.5, 1.0, True)])
 def test_sigmoid_f1_matches_numpy(beta: float, eta: float, use_mask: bool) -> None:
     logits, targets, mask = _batch(2)
     m = mask if use_mask else None
     expected = _np_sigmoid_f1(logits.numpy(), targets.numpy(), beta, eta, None if m is None else m.numpy())
-    assert sigmoid_f1(logits, targets, beta=beta, eta=eta, mask=m).item() == pytest.approx(
-        expected, abs=1e-12
-    )
+    assert sigmoid_f1(logits, targets, beta=beta, eta=eta, mask=m).item() == pytest.approx(expected, abs=1e-12)
 
 
 def test_sigmoid_applied_once() -> None:

@@ -17,10 +17,7 @@ from sklearn.metrics import (
 from raymlc import metrics
 
 CASES = [
-    (seed, shape, decimals)
-    for seed in range(4)
-    for shape in [(40, 6), (7, 12), (200, 3)]
-    for decimals in [None, 1]
+    (seed, shape, decimals) for seed in range(4) for shape in [(40, 6), (7, 12), (200, 3)] for decimals in [None, 1]
 ]
 
 

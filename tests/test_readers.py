@@ -185,9 +185,7 @@ def test_audioset_unknown_mid_names_line_and_ytid(tmp_path: Path) -> None:
 def test_audioset_duplicate_segment(tmp_path: Path) -> None:
     class_index = write(tmp_path, "classes.csv", CLASS_INDEX)
     path = write(tmp_path, "s.csv", SEGMENTS + '--PJHxphWEs, 30.000, 40.000, "/m/04rlf"\n')
-    with pytest.raises(
-        ManifestError, match=r"line 8: duplicate clip id '--PJHxphWEs_30.000' \(first: line 4\)"
-    ):
+    with pytest.raises(ManifestError, match=r"line 8: duplicate clip id '--PJHxphWEs_30.000' \(first: line 4\)"):
         read_audioset(path, class_index=class_index)
 
 
@@ -238,9 +236,7 @@ def test_fsd50k_without_split_and_errors(tmp_path: Path) -> None:
 
 
 def test_format_selection_errors(tmp_path: Path) -> None:
-    with pytest.raises(
-        ManifestError, match=r"extension '.tsv'.*'arff', 'audioset', 'csv', 'fsd50k', 'parquet'"
-    ):
+    with pytest.raises(ManifestError, match=r"extension '.tsv'.*'arff', 'audioset', 'csv', 'fsd50k', 'parquet'"):
         read_manifest(str(tmp_path / "m.tsv"))
     with pytest.raises(ManifestError, match="unknown manifest format 'json'"):
         read_manifest(str(tmp_path / "m.csv"), format="json")
@@ -249,9 +245,7 @@ def test_format_selection_errors(tmp_path: Path) -> None:
 
 
 def test_audioset_balanced_train(shared_data: Path) -> None:
-    table = read_manifest(
-        str(shared_data / "audioset_metadata" / "balanced_train_segments.csv"), format="audioset"
-    )
+    table = read_manifest(str(shared_data / "audioset_metadata" / "balanced_train_segments.csv"), format="audioset")
     assert table.num_rows == 22_160
     assert pc.sum(pc.list_value_length(table.column("labels"))).as_py() == 52_882
     assert len(LabelVocabulary.from_table(table)) == 527

@@ -28,9 +28,7 @@ VOCABULARY = LabelVocabulary(["a", "b", "c"])
 def split_counts(table: pa.Table) -> dict[tuple[str, ...], Counter]:
     """Per label set, how many rows went to each split."""
     counts: dict[tuple[str, ...], Counter] = {}
-    for labels, split in zip(
-        table.column("labels").to_pylist(), table.column("split").to_pylist(), strict=True
-    ):
+    for labels, split in zip(table.column("labels").to_pylist(), table.column("split").to_pylist(), strict=True):
         counts.setdefault(tuple(labels), Counter())[split] += 1
     return counts
 
@@ -55,9 +53,7 @@ def test_deterministic_for_a_seed() -> None:
 
 def test_existing_splits_are_kept() -> None:
     given = ["test"] * 10 + [None] * 90
-    table = assign_splits(
-        manifest(LABEL_LISTS, given), VOCABULARY, val_fraction=0.2, test_fraction=0.0, seed=0
-    )
+    table = assign_splits(manifest(LABEL_LISTS, given), VOCABULARY, val_fraction=0.2, test_fraction=0.0, seed=0)
     splits = table.column("split").to_pylist()
     assert splits[:10] == ["test"] * 10
     assert Counter(splits[10:]) == {"train": 72, "val": 18}
@@ -66,9 +62,7 @@ def test_existing_splits_are_kept() -> None:
 
 
 def test_table_without_split_column_and_without_labels() -> None:
-    table = pa.table(
-        {"clip_id": ["x", "y", "z", "w"], "labels": pa.array([[]] * 4, type=pa.list_(pa.string()))}
-    )
+    table = pa.table({"clip_id": ["x", "y", "z", "w"], "labels": pa.array([[]] * 4, type=pa.list_(pa.string()))})
     result = assign_splits(table, LabelVocabulary(["a"]), val_fraction=0.25, test_fraction=0.25, seed=0)
     assert Counter(result.column("split").to_pylist()) == {"train": 2, "val": 1, "test": 1}
 
@@ -90,9 +84,7 @@ def test_birds_split_spreads_unlabelled_rows(shared_data: Path) -> None:
     assert abs(counts["val"] - 64) <= 2 and abs(counts["test"] - 64) <= 2
     unlabelled = Counter(
         split
-        for labels, split in zip(
-            table.column("labels").to_pylist(), table.column("split").to_pylist(), strict=True
-        )
+        for labels, split in zip(table.column("labels").to_pylist(), table.column("split").to_pylist(), strict=True)
         if not labels
     )
     share = unlabelled["test"] / sum(unlabelled.values())

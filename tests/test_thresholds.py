@@ -11,9 +11,12 @@ import pytest
 import torch
 
 from raymlc.bundle import load_bundle
+from raymlc.calibration import fit_tagger_thresholds
 from raymlc.config import RunConfig, ThresholdConfig
 from raymlc.data import normalize_manifest
+from raymlc.engine import SplitData
 from raymlc.local import BUNDLE, train_local
+from raymlc.models import FeatureMLP
 from raymlc.thresholds import (
     AdaptiveThresholds,
     MemoryBank,
@@ -64,9 +67,7 @@ def test_knn_matches_brute_force() -> None:
     for k in (1, 5, 40, 100):
         np.testing.assert_allclose(bank.knn_signal(queries, k), knn_reference(bank, queries, k), atol=1e-5)
     own = np.arange(40)
-    np.testing.assert_allclose(
-        bank.knn_signal(train, 5, exclude=own), knn_reference(bank, train, 5, own), atol=1e-5
-    )
+    np.testing.assert_allclose(bank.knn_signal(train, 5, exclude=own), knn_reference(bank, train, 5, own), atol=1e-5)
 
 
 def test_self_exclusion_never_counts_an_example_own_label() -> None:
@@ -118,7 +119,7 @@ def test_fit_recovers_a_shifted_decision_boundary() -> None:
     targets = (rng.random(logits.shape) < 1 / (1 + np.exp(-(logits - 2)))).astype(np.float32)
     embeddings = rng.random((1500, 4)).astype(np.float32)
     bank = MemoryBank.build(embeddings, targets)
-    config = ThresholdConfig(lam=1.0, margin_weight=0.0, epochs=300, lr=0.05)
+    config = ThresholdConfig(lam=1.0, margin_weight=0.0, epochs=120, lr=0.1)
     module = fit_thresholds(logits, embeddings, targets, bank, idf(targets), config, exclude=np.arange(1500))
     theta = thresholds_for(module, bank, embeddings[:10])
     np.testing.assert_allclose(theta, 2.0, atol=0.3)
@@ -193,3 +194,20 @@ def test_test_labels_never_reach_predictions_or_thresholds(tmp_path: Path, fit_s
         np.testing.assert_array_equal(other.thresholds, outputs[0].thresholds)
         np.testing.assert_array_equal(other.present, outputs[0].present)
     assert outputs[0].present.any() and not outputs[0].present.all()
+
+
+def test_val_fit_falls_back_to_train_without_a_val_split() -> None:
+    rng = np.random.default_rng(6)
+    features, targets = rng.normal(size=(20, 4)).astype(np.float32), (rng.random((20, 2)) < 0.5)
+    train = SplitData([f"c{i}" for i in range(20)], features, targets.astype(np.float32), targets, targets)
+    empty = SplitData([], features[:0], targets[:0].astype(np.float32), targets[:0], targets[:0])
+    config = RunConfig.model_validate(
+        {
+            "data": {"manifest": "unused"},
+            "model": {"kind": "mlp", "hidden": [8], "embedding_dim": 4},
+            "thresholds": {"fit_split": "val", "epochs": 5, "bank_size": 15},
+        }
+    )
+    model = FeatureMLP(4, config.model, 2)
+    fitted = fit_tagger_thresholds(model, train, empty, config, None)
+    assert fitted.fit_split == "train" and len(fitted.bank) == 15

@@ -103,9 +103,7 @@ def _feature_array(features: np.ndarray, names: list[str], source: str) -> pa.Ar
     return pa.FixedSizeListArray.from_arrays(flat, type=features_type(len(names)))
 
 
-def _label_lists(
-    values: np.ndarray, attributes: list[Attribute], columns: list[int], source: str
-) -> list[list[str]]:
+def _label_lists(values: np.ndarray, attributes: list[Attribute], columns: list[int], source: str) -> list[list[str]]:
     """Per row, the names of the label attributes whose value is 1 (a missing '?' counts as not present)."""
     positive = np.zeros((len(values), len(columns)), dtype=bool)
     for position, column in enumerate(columns):

@@ -73,9 +73,7 @@ def _check_truncated_wav(file: sf.SoundFile, clip_id: str) -> None:
         raise AudioError(clip_id, f"truncated file: header promises {match[1]} data bytes, found {match[2]}")
 
 
-def _read(
-    handle: str | IO[bytes], clip_id: str, start_s: float | None, end_s: float | None
-) -> tuple[np.ndarray, int]:
+def _read(handle: str | IO[bytes], clip_id: str, start_s: float | None, end_s: float | None) -> tuple[np.ndarray, int]:
     """The [start_s, end_s) segment as [frames, channels] float32 and the file's sample rate."""
     with sf.SoundFile(handle) as file:
         _check_truncated_wav(file, clip_id)
@@ -144,9 +142,7 @@ def eval_windows(wave: np.ndarray, n_samples: int, hop: int | None = None) -> np
     return np.lib.stride_tricks.sliding_window_view(padded, n_samples)[::hop].copy()
 
 
-def decode_clips(
-    rows: Iterable[Mapping], *, sample_rate: int
-) -> tuple[list[np.ndarray], list[int], list[dict]]:
+def decode_clips(rows: Iterable[Mapping], *, sample_rate: int) -> tuple[list[np.ndarray], list[int], list[dict]]:
     """Decode manifest rows (clip_id, audio, start_s, end_s) into whole waveforms.
 
     Returns the waveforms, the positions (in `rows`) of the clips that loaded, and

@@ -116,9 +116,7 @@ def _noise_burst(rng: Rng, t: np.ndarray, sr: int) -> np.ndarray:
 def _band_noise(rng: Rng, t: np.ndarray, sr: int) -> np.ndarray:
     center = _freq(rng, 400, 4000, sr) / 1.3
     octaves = rng.uniform(0.15, 0.5)
-    return _shaped_noise(
-        rng, len(t), sr, lambda f: np.exp(-0.5 * (np.log2(np.maximum(f, 1) / center) / octaves) ** 2)
-    )
+    return _shaped_noise(rng, len(t), sr, lambda f: np.exp(-0.5 * (np.log2(np.maximum(f, 1) / center) / octaves) ** 2))
 
 
 def _click_train(rng: Rng, t: np.ndarray, sr: int) -> np.ndarray:
@@ -301,9 +299,7 @@ def _explicit_negatives(events: list[Event], rate: float, rng: Rng) -> list[str]
 # ---------------------------------------------------------------- the dataset
 
 
-def _split_rows(
-    split: str, clips: list[list[Event]], paths: list[Path], config: DemoConfig, rng: Rng
-) -> list[dict]:
+def _split_rows(split: str, clips: list[list[Event]], paths: list[Path], config: DemoConfig, rng: Rng) -> list[dict]:
     train = split == "train"
     removed = _remove_labels(clips, config, rng) if train else [set() for _ in clips]
     rows = []

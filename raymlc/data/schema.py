@@ -38,9 +38,7 @@ def _label_column(table: pa.Table, name: str, source: str) -> pa.Array:
         try:
             column = column.cast(LABEL_LIST)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
-            raise ManifestError(
-                f"{source}: column {name!r} must be a list of label names ({error})"
-            ) from None
+            raise ManifestError(f"{source}: column {name!r} must be a list of label names ({error})") from None
     # A null list means "no labels", never "unknown".
     return pc.if_else(pc.is_null(column), _empty_lists(len(column)), column)
 
@@ -73,9 +71,7 @@ def normalize_manifest(table: pa.Table, source: str = "manifest") -> pa.Table:
         if required not in table.column_names:
             raise ManifestError(f"{source}: missing column {required!r} (columns: {table.column_names})")
     if "audio" not in table.column_names and "features" not in table.column_names:
-        raise ManifestError(
-            f"{source}: needs an 'audio' or a 'features' column (columns: {table.column_names})"
-        )
+        raise ManifestError(f"{source}: needs an 'audio' or a 'features' column (columns: {table.column_names})")
 
     clip_ids = table.column("clip_id").cast(pa.string()).combine_chunks()
     ids = clip_ids.to_pylist()
@@ -84,18 +80,14 @@ def normalize_manifest(table: pa.Table, source: str = "manifest") -> pa.Table:
         if not clip_id:
             raise ManifestError(f"{source}: row {row}: clip_id is empty")
         if clip_id in seen:
-            raise ManifestError(
-                f"{source}: row {row}: duplicate clip_id {clip_id!r} (first at row {seen[clip_id]})"
-            )
+            raise ManifestError(f"{source}: row {row}: duplicate clip_id {clip_id!r} (first at row {seen[clip_id]})")
         seen[clip_id] = row
 
     n = table.num_rows
     columns: dict[str, pa.Array] = {"clip_id": clip_ids}
     for name, dtype in OPTIONAL_COLUMNS.items():
         if name in LABEL_COLUMNS:
-            columns[name] = (
-                _label_column(table, name, source) if name in table.column_names else _empty_lists(n)
-            )
+            columns[name] = _label_column(table, name, source) if name in table.column_names else _empty_lists(n)
         elif name in table.column_names:
             columns[name] = table.column(name).cast(dtype).combine_chunks()
         else:
@@ -111,6 +103,4 @@ def normalize_manifest(table: pa.Table, source: str = "manifest") -> pa.Table:
     order = ["clip_id", "audio", "start_s", "end_s", "features", "labels", *LABEL_COLUMNS[1:], "split"]
     names = [name for name in order if name in columns]
     extras = [name for name in table.column_names if name not in columns]
-    return pa.table(
-        [columns[name] for name in names] + [table.column(name) for name in extras], names=names + extras
-    )
+    return pa.table([columns[name] for name in names] + [table.column(name) for name in extras], names=names + extras)

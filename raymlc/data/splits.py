@@ -36,9 +36,7 @@ def assign_splits(
     return table.append_column("split", column)
 
 
-def _stratified_names(
-    targets: np.ndarray, val_fraction: float, test_fraction: float, seed: int
-) -> np.ndarray:
+def _stratified_names(targets: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
     """'train'/'val'/'test' per row of a 0/1 matrix: test is split off first, then val from the rest."""
     names = np.full(len(targets), "train", dtype=object)
     remaining = np.arange(len(targets))

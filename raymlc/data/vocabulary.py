@@ -74,9 +74,7 @@ class LabelVocabulary:
         except KeyError:
             raise ManifestError(f"unknown label {name!r} (not among the {len(self)} labels)") from None
 
-    def encode(
-        self, label_lists: Sequence[Sequence[str]], clip_ids: Sequence[str] | None = None
-    ) -> np.ndarray:
+    def encode(self, label_lists: Sequence[Sequence[str]], clip_ids: Sequence[str] | None = None) -> np.ndarray:
         """Multi-hot float32 matrix [N, C]; an unknown label raises ManifestError naming the 0-based row."""
         if clip_ids is not None and len(clip_ids) != len(label_lists):
             raise ValueError(f"{len(clip_ids)} clip ids for {len(label_lists)} label lists")

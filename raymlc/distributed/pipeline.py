@@ -65,8 +65,7 @@ def _train_model(
     result = train_distributed(
         config, f"{run.root.resolve().name}-{name}", vocabulary, label_source, str(flags) if flags else None
     )
-    for record in result.history:
-        log(f"  {name} epoch {record['epoch']}: loss {record['train_loss']:.4f} val mAP {record['val_map']:.3f}")
+    log(f"{name}: done, val mAP {result.history[-1]['val_map']:.3f} after {len(result.history)} epochs")
     with result.checkpoint.as_directory() as directory:
         run.model(name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(Path(directory, CHECKPOINT), run.model(name))

@@ -19,7 +19,7 @@ from ray.data import ActorPoolStrategy
 
 from raymlc.config import ScoringConfig
 from raymlc.data.audio import decode_clips
-from raymlc.engine import score_batch
+from raymlc.inference import score_batch
 from raymlc.local import load_checkpoint, window_samples
 
 PASS_THROUGH = ("row_index", "clip_id", "labels", "explicit_negatives", "removed_labels")

@@ -115,6 +115,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 if val is not None and len(val):
                     record["val_map"] = evaluate(core, val, config.train.eval_batch_size, window)["map"]
                 history.append(record)
+                val_text = f", val mAP {record['val_map']:.3f}" if "val_map" in record else ""
+                print(f"[{context.get_experiment_name()}] epoch {epoch + 1}: loss {record['train_loss']:.4f}{val_text}")
                 _save(Path(directory), core, optimizer, epoch + 1, history, config, vocabulary, feature_dim)
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(record, checkpoint=checkpoint)
@@ -152,6 +154,10 @@ def _save(
     )
 
 
+def _absolute(path_or_uri: str) -> str:
+    return path_or_uri if "://" in path_or_uri else os.path.abspath(path_or_uri)
+
+
 def train_distributed(
     config: PipelineConfig,
     name: str,
@@ -162,16 +168,18 @@ def train_distributed(
     """Train with Ray Train under `config.ray.storage_path/name`; rerunning the same name resumes."""
     ray_config = config.ray
     run_config = config.core()
-    storage_path = ray_config.storage_path
-    if "://" not in storage_path:
-        storage_path = os.path.abspath(storage_path)
+    # Train workers run in their own working directory: ship local data paths as absolute paths.
+    data = run_config.data
+    data.manifest = _absolute(data.manifest)
+    data.test_manifest = data.test_manifest and _absolute(data.test_manifest)
+    storage_path = _absolute(ray_config.storage_path)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "config": run_config.model_dump(),
             "vocabulary": list(vocabulary.names),
             "label_source": label_source,
-            "flags": flags,
+            "flags": flags and _absolute(flags),
             "torch_threads": ray_config.torch_threads,
         },
         scaling_config=ray.train.ScalingConfig(

@@ -1,0 +1,106 @@
+"""Ray Data scoring vs a plain single-process PyTorch loop: clips/s on the same clips and cores.
+
+    .venv/bin/python bench/score_throughput.py [--clips 600] [--cpus 2]
+
+Both paths decode the same demo clips with soundfile and score them with the same CNN through
+`raymlc.engine.score_batch`; the plain loop uses `--cpus` torch threads, Ray gets `--cpus` CPUs
+(decode tasks + an autoscaling pool of single-threaded scoring actors). Prints both rates and their ratio
+and writes bench/results/score_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from raymlc.config import DemoConfig, ModelConfig, PipelineConfig, ScoringConfig
+from raymlc.data import LabelVocabulary
+from raymlc.data.audio import decode_clips
+from raymlc.data.demo import make_demo
+from raymlc.inference import score_batch
+from raymlc.models import build_model
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def plain_loop(rows: list[dict], model: torch.nn.Module, window: int, batch_size: int) -> float:
+    """Seconds to decode and score `rows` in one process."""
+    started = time.perf_counter()
+    for start in range(0, len(rows), batch_size):
+        waves, _, _ = decode_clips(rows[start : start + batch_size], sample_rate=16000)
+        score_batch(model, waves, window)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", type=int, default=600, help="demo clips to score (default 600)")
+    parser.add_argument("--cpus", type=int, default=2, help="cores for both paths (default 2)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="raymlc-throughput-"))
+    manifest = make_demo(workdir / "demo", DemoConfig(n_train=args.clips, n_val=1, n_test=1, seed=7))
+    table = pq.read_table(manifest)
+    table = table.filter(pc.equal(table["split"], "train"))
+    vocabulary = LabelVocabulary.from_table(table)
+    config = PipelineConfig.model_validate({"data": {"manifest": str(manifest)}})
+    model = build_model(ModelConfig(), config.frontend, len(vocabulary)).eval()
+    checkpoint = workdir / "checkpoint.pt"
+    torch.save(
+        {
+            "model_state": model.state_dict(),
+            "config": config.core().model_dump(),
+            "vocabulary": list(vocabulary.names),
+            "feature_dim": None,
+        },
+        checkpoint,
+    )
+    window = round(config.frontend.window_seconds * config.frontend.sample_rate)
+
+    torch.set_num_threads(args.cpus)
+    rows = table.select(["clip_id", "audio", "start_s", "end_s"]).to_pylist()
+    plain_loop(rows[: args.batch_size], model, window, args.batch_size)  # warm-up
+    plain_s = plain_loop(rows, model, window, args.batch_size)
+    print(f"plain loop: {len(rows) / plain_s:.1f} clips/s ({plain_s:.1f} s, {args.cpus} torch threads)", flush=True)
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    from raymlc.distributed.score import score_manifest
+
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    scoring = ScoringConfig(
+        batch_size=args.batch_size, min_actors=1, max_actors=args.cpus, cpus_per_actor=0.75, decode_cpus=0.25
+    )
+    score_manifest(table.slice(0, args.batch_size), str(checkpoint), workdir / "warmup", scoring, 16000)
+    started = time.perf_counter()
+    score_manifest(table, str(checkpoint), workdir / "scores", scoring, 16000)
+    ray_s = time.perf_counter() - started
+    ray.shutdown()
+    scored = pq.read_table(workdir / "scores", columns=["clip_id"]).num_rows
+    assert scored == len(rows), f"ray data scored {scored} of {len(rows)} clips"
+    print(f"ray data:   {len(rows) / ray_s:.1f} clips/s ({ray_s:.1f} s, {args.cpus} CPUs)", flush=True)
+    ratio = plain_s / ray_s
+    print(f"ratio ray data / plain loop (clips/s): {ratio:.2f}")
+    RESULTS.mkdir(exist_ok=True)
+    result = {
+        "clips": len(rows),
+        "cpus": args.cpus,
+        "plain_clips_per_s": len(rows) / plain_s,
+        "ray_data_clips_per_s": len(rows) / ray_s,
+        "ratio": ratio,
+    }
+    (RESULTS / "score_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
