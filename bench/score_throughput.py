@@ -26,6 +26,7 @@ from raymlc.data import LabelVocabulary
 from raymlc.data.audio import decode_clips
 from raymlc.data.demo import make_demo
 from raymlc.inference import score_batch
+from raymlc.local import save_checkpoint
 from raymlc.models import build_model
 
 RESULTS = Path(__file__).parent / "results"
@@ -55,15 +56,7 @@ def main() -> None:
     config = PipelineConfig.model_validate({"data": {"manifest": str(manifest)}})
     model = build_model(ModelConfig(), config.frontend, len(vocabulary)).eval()
     checkpoint = workdir / "checkpoint.pt"
-    torch.save(
-        {
-            "model_state": model.state_dict(),
-            "config": config.core().model_dump(),
-            "vocabulary": list(vocabulary.names),
-            "feature_dim": None,
-        },
-        checkpoint,
-    )
+    save_checkpoint(checkpoint, model, config, vocabulary, None)
     window = round(config.frontend.window_seconds * config.frontend.sample_rate)
 
     torch.set_num_threads(args.cpus)

@@ -80,13 +80,16 @@ def new_model(config: RunConfig, dataset: Dataset) -> nn.Module:
     return model
 
 
-def save_checkpoint(path: Path, model: nn.Module, config: RunConfig, dataset: Dataset) -> None:
+def save_checkpoint(
+    path: Path, model: nn.Module, config: RunConfig, vocabulary: LabelVocabulary, feature_dim: int | None
+) -> None:
+    """`checkpoint.pt`: weights, the run config, the label vocabulary and the feature dimension."""
     torch.save(
         {
             "model_state": model.state_dict(),
             "config": config.core().model_dump(),
-            "vocabulary": list(dataset.vocabulary.names),
-            "feature_dim": dataset.feature_dim,
+            "vocabulary": list(vocabulary.names),
+            "feature_dim": feature_dim,
         },
         path,
     )
@@ -127,7 +130,7 @@ def train_local(config: RunConfig, output: Path, log: Callable[[str], None] = pr
         log(f"{epoch}: loss {record['train_loss']:.4f}{val} ({record['seconds']:.1f}s)")
 
     history = fit(model, dataset.train, dataset.val, config.train, window, on_epoch=report)
-    save_checkpoint(output / CHECKPOINT, model, config, dataset)
+    save_checkpoint(output / CHECKPOINT, model, config, dataset.vocabulary, dataset.feature_dim)
     batch = config.train.eval_batch_size
     metrics = {
         "val": evaluate(model, dataset.val, batch, window) if len(dataset.val) else None,

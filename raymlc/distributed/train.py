@@ -33,7 +33,7 @@ from raymlc.engine import (
     make_optimizer,
     train_epoch,
 )
-from raymlc.local import CHECKPOINT, load_checkpoint, load_manifest_table, window_samples
+from raymlc.local import CHECKPOINT, load_checkpoint, load_manifest_table, save_checkpoint, window_samples
 from raymlc.models import FeatureMLP, build_model
 
 TRAIN_STATE = "train_state.pt"
@@ -133,25 +133,9 @@ def _save(
     feature_dim: int | None,
 ) -> None:
     """A checkpoint directory: the training state, plus `checkpoint.pt` in `raymlc.local`'s format."""
-    model_state = model.state_dict()
-    torch.save(
-        {
-            "model_state": model_state,
-            "optimizer_state": optimizer.state_dict(),
-            "epoch": epoch,
-            "history": history,
-        },
-        directory / TRAIN_STATE,
-    )
-    torch.save(
-        {
-            "model_state": model_state,
-            "config": config.model_dump(),
-            "vocabulary": list(vocabulary.names),
-            "feature_dim": feature_dim,
-        },
-        directory / CHECKPOINT,
-    )
+    train_state = {"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict()}
+    torch.save(train_state | {"epoch": epoch, "history": history}, directory / TRAIN_STATE)
+    save_checkpoint(directory / CHECKPOINT, model, config, vocabulary, feature_dim)
 
 
 def _absolute(path_or_uri: str) -> str:
