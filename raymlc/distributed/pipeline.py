@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
+from scipy.special import expit
 
 from raymlc.config import PipelineConfig
 from raymlc.data import LabelVocabulary
@@ -23,10 +24,10 @@ from raymlc.distributed.flag import select_flags, write_enhanced_labels
 from raymlc.distributed.report import write_report
 from raymlc.distributed.score import read_rejects, score_manifest
 from raymlc.distributed.train import train_distributed
-from raymlc.engine import evaluate, load_split, predict
+from raymlc.engine import load_split, predict
 from raymlc.flagging import FlagResult
 from raymlc.local import CHECKPOINT, load_checkpoint, load_manifest_table, window_samples, write_json
-from raymlc.metrics import average_precision_per_class, flag_precision_recall
+from raymlc.metrics import average_precision_per_class, flag_precision_recall, summarize
 
 MODELS = ("teacher", "student", "perfect_mask", "oracle")
 
@@ -200,8 +201,8 @@ def _evaluate_models(
             metrics[name] = None
             continue
         model, _, _ = load_checkpoint(run.model(name))
-        metrics[name] = evaluate(model, test, config.train.eval_batch_size, window)
         logits, _ = predict(model, test, config.train.eval_batch_size, window)
+        metrics[name] = summarize(test.targets, expit(logits))  # what engine.evaluate computes
         metrics["per_class_ap"][name] = average_precision_per_class(test.targets, logits).tolist()
     flags, per_class_precision = _flag_quality(flags_dir, vocabulary)
     metrics["flags"] = flags if has_removed else {"count": flags["count"], "precision": None, "recall": None}
