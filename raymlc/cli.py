@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from raymlc.config import ConfigError, DemoConfig, ServeConfig, load_config
+from raymlc.config import ConfigError, DemoConfig, MixtureConfig, ServeConfig, load_config
 from raymlc.data import ManifestError
 
 SUMMARY_KEYS = ("map", "d_prime", "lwlrap", "micro_f1", "macro_f1")
@@ -45,6 +45,26 @@ def cmd_make_demo(args: argparse.Namespace) -> None:
     print(f"wrote {manifest}")
 
 
+def cmd_make_mixtures(args: argparse.Namespace) -> None:
+    from raymlc.data.mixtures import make_fsdd_mixtures
+
+    overrides = {"seed": args.seed, "drop_fraction": args.drop_fraction, "removal": args.removal}
+    config = load_config(args.config, MixtureConfig) if args.config else MixtureConfig()
+    try:
+        config = MixtureConfig.model_validate(
+            config.model_dump() | {k: v for k, v in overrides.items() if v is not None}
+        )
+    except ValidationError as error:
+        raise ConfigError(f"invalid mixture option:\n{error}") from None
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rmixtures: {done}/{total} clips", end="", file=sys.stderr, flush=True)
+
+    manifest = make_fsdd_mixtures(args.recordings, args.output, config, progress=progress)
+    print(file=sys.stderr)
+    print(f"wrote {manifest}")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from raymlc.local import BUNDLE, METRICS, train_local
 
@@ -67,7 +87,21 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     output = Path(args.output)
     metrics = run_pipeline(config, output)
     print("\n".join(["test metrics (clean test labels):", *summary_lines(metrics)]))
-    print(f"wrote {output / 'metrics.json'} and {output / 'report.md'}")
+    print(f"wrote {output / 'metrics.json'}, {output / 'report.md'} and the student's bundle {output / 'bundle'}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from raymlc.sweep import load_sweep_config
+
+    sweep = load_sweep_config(
+        args.config, num_trials=args.num_trials, seeds=args.seeds, epochs=args.epochs, storage=args.storage
+    )
+    from raymlc.distributed.tune import run_sweep, summary_lines
+
+    output = Path(args.output)
+    summary = run_sweep(sweep, output)
+    print("\n".join(summary_lines(summary)))
+    print(f"wrote {output / 'results.csv'}, best_config.yaml, best_bundle/, curve.png and summary.json")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -152,6 +186,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_relabel_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `raymlc relabel` (shared with jobs/relabel.py)."""
+    parser.add_argument("--bundle", required=True, help="tagger bundle directory (local path or s3://, gs:// URI)")
+    parser.add_argument("--input", required=True, help="manifest to relabel (never modified)")
+    parser.add_argument("--output", required=True, help="new directory for the results; rerun the same to resume")
+    parser.add_argument("--config", help="RelabelConfig YAML (e.g. configs/relabel.yaml); defaults without one")
+    parser.add_argument("--format", help="manifest format when the extension does not tell (csv, parquet, ...)")
+    parser.add_argument("--min-actors", type=positive_int, help="override min_actors of the inference pool")
+    parser.add_argument("--max-actors", type=positive_int, help="override max_actors of the inference pool")
+    parser.add_argument("--rows-per-part", type=positive_int, help="override rows_per_part")
+
+
+def cmd_relabel(args: argparse.Namespace) -> int:
+    from raymlc.bundle import BundleError
+    from raymlc.distributed.relabel import RelabelError, relabel_config, relabel_manifest
+
+    config = relabel_config(
+        args.config, min_actors=args.min_actors, max_actors=args.max_actors, rows_per_part=args.rows_per_part
+    )
+    try:
+        relabel_manifest(
+            args.bundle, args.input, args.output, config, args.format, log=lambda line: print(line, flush=True)
+        )
+    except (BundleError, RelabelError) as error:
+        print(f"{args.prog_name}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raymlc", description="Multi-label audio tagging with incomplete labels, on Ray."
@@ -165,6 +228,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--drop-fraction", type=float, help="fraction of train positives removed (default 0.3)")
     demo.add_argument("--removal", choices=["structured", "random"], help="how positives are removed")
     demo.set_defaults(run=cmd_make_demo)
+
+    mixtures = commands.add_parser(
+        "make-mixtures",
+        help="write multi-label mixtures of real FSDD spoken-digit recordings (audio + manifest.parquet)",
+        description="Mixes 1-3 distinct digits per clip from {digit}_{speaker}_{take}.wav recordings; train, val "
+        "and test use disjoint speakers; a fraction of the train positives is moved to removed_labels.",
+    )
+    mixtures.add_argument("--recordings", required=True, help="directory of FSDD {digit}_{speaker}_{take}.wav files")
+    mixtures.add_argument("--output", required=True, help="directory to write DIR/manifest.parquet and DIR/audio/")
+    mixtures.add_argument("--config", help="YAML file with MixtureConfig fields (sizes, speakers, levels, removal)")
+    mixtures.add_argument("--seed", type=int, help="random seed (default 0)")
+    mixtures.add_argument("--drop-fraction", type=float, help="fraction of train positives removed (default 0.3)")
+    mixtures.add_argument("--removal", choices=["structured", "random"], help="how positives are removed")
+    mixtures.set_defaults(run=cmd_make_mixtures)
 
     train = commands.add_parser("train", help="train a tagger locally (one process) and write metrics.json")
     train.add_argument("--config", required=True, help="run config YAML (see configs/)")
@@ -188,6 +265,23 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--output", default="runs/pipeline", help="run directory (default runs/pipeline)")
     pipeline.add_argument("--manifest", help="override data.manifest from the config")
     pipeline.set_defaults(run=cmd_pipeline)
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="Ray Tune sweep (Optuna TPE + ASHA) of discard %%, loss, lr and thresholds; teacher scored once",
+        description="Trains the teacher and scores the train split once, then runs Ray Tune trials that each "
+        "derive flags with their own discard %% and train the student (one Ray Train worker per seed). Writes "
+        "results.parquet/.csv, best_config.yaml, best_bundle/ and curve.png into OUTPUT. Rerunning the same "
+        "command resumes an interrupted sweep (finished trials are kept). Uses the Ray cluster at RAY_ADDRESS "
+        "when set, else starts Ray in this process.",
+    )
+    sweep.add_argument("--config", required=True, help="sweep config YAML (e.g. configs/sweep_demo.yaml)")
+    sweep.add_argument("--output", default="runs/sweep", help="sweep directory (default runs/sweep)")
+    sweep.add_argument("--num-trials", type=positive_int, help="override num_trials")
+    sweep.add_argument("--seeds", type=positive_int, help="override seeds per configuration")
+    sweep.add_argument("--epochs", type=positive_int, help="override the student epochs per trial")
+    sweep.add_argument("--storage", help="override storage, where Tune keeps its state (path or s3://, gs:// URI)")
+    sweep.set_defaults(run=cmd_sweep)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on one split and write metrics.json")
     evaluate.add_argument("--checkpoint", required=True, help="checkpoint.pt written by `raymlc train`")
@@ -237,6 +331,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-duration-s", type=positive_float, default=120.0, help="longest clip accepted, in seconds (default 120)"
     )
     serve.set_defaults(run=cmd_serve)
+
+    relabel = commands.add_parser(
+        "relabel",
+        help="propose missing labels for a manifest with a tagger bundle (Ray Data); resumable",
+        description="Streams the manifest through Ray Data (decode in tasks, tagging in an autoscaling actor "
+        "pool) and writes OUTPUT/manifest/ (the input rows with proposed_labels, scores and margins), "
+        "review_queue.parquet/.csv, rejects.parquet, summary.json and, last, _SUCCESS. Rerunning the same "
+        "command after a crash keeps the committed parts and finishes the rest. Uses the Ray cluster at "
+        "RAY_ADDRESS when set, else starts Ray in this process.",
+    )
+    add_relabel_arguments(relabel)
+    relabel.set_defaults(run=cmd_relabel, prog_name="raymlc relabel")
     return parser
 
 

@@ -38,6 +38,42 @@ class DemoConfig(Strict):
         return self
 
 
+class MixtureConfig(Strict):
+    """Multi-label mixtures of real FSDD spoken-digit recordings (see `raymlc.data.mixtures`).
+
+    Each split draws recordings only from its own speakers, so the test speakers are never heard in training.
+    """
+
+    seed: int = 0
+    sample_rate: int = Field(8000, gt=0)
+    clip_seconds: float = Field(2.0, gt=0)
+    n_train: int = Field(1200, ge=1)
+    n_val: int = Field(300, ge=1)
+    n_test: int = Field(300, ge=1)
+    min_digits: int = Field(1, ge=1, le=10)
+    max_digits: int = Field(3, ge=1, le=10)
+    min_gain_db: float = Field(-20.0, le=0)  # each digit's level: uniform in [min_gain_db, 0] dB
+    noise_db: float | None = Field(-40.0, le=0)  # white noise floor relative to a 0 dB digit; null: none
+    train_speakers: list[str] = Field(default_factory=lambda: ["george", "jackson"], min_length=1)
+    val_speakers: list[str] = Field(default_factory=lambda: ["lucas"], min_length=1)
+    test_speakers: list[str] = Field(default_factory=lambda: ["nicolas"], min_length=1)
+    drop_fraction: float = Field(0.3, ge=0, lt=1)
+    removal: Literal["structured", "random"] = "structured"
+    explicit_negative_rate: float = Field(0.3, ge=0, le=1)
+    audio_format: Literal["flac", "wav"] = "flac"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.max_digits < self.min_digits:
+            raise ValueError("max_digits must be >= min_digits")
+        splits = {"train": self.train_speakers, "val": self.val_speakers, "test": self.test_speakers}
+        for first, second in (("train", "val"), ("train", "test"), ("val", "test")):
+            shared = sorted(set(splits[first]) & set(splits[second]))
+            if shared:
+                raise ValueError(f"speakers {shared} are in both {first}_speakers and {second}_speakers")
+        return self
+
+
 class DataConfig(Strict):
     """Where the manifest is and which labels to train on."""
 
@@ -158,6 +194,31 @@ class ScoringConfig(Strict):
         return self
 
 
+class RelabelConfig(Strict):
+    """`raymlc relabel`: the manifest is cut into parts of `rows_per_part` rows (each committed on its own),
+    decoded in tasks and tagged in an autoscaling pool of `min_actors`..`max_actors` actors."""
+
+    rows_per_part: int = Field(256, ge=1)  # a multiple of batch_size; a rerun skips committed parts
+    batch_size: int = Field(32, ge=1)  # clips per model call (fixed by row position: reruns match bit for bit)
+    min_actors: int = Field(1, ge=1)
+    max_actors: int = Field(2, ge=1)
+    cpus_per_actor: float = Field(0.5, gt=0)
+    decode_cpus: float = Field(0.25, gt=0)
+    torch_threads: int = Field(1, ge=1)  # intra-op threads per actor
+    min_margin: float = Field(0.0, ge=0)  # propose when logit − θ > min_margin
+    review_per_class: int = Field(50, ge=0)  # review-queue entries per class
+
+    @model_validator(mode="after")
+    def _sizes(self) -> Self:
+        if self.max_actors < self.min_actors:
+            raise ValueError("max_actors must be >= min_actors")
+        if self.rows_per_part % self.batch_size:
+            raise ValueError(
+                f"rows_per_part ({self.rows_per_part}) must be a multiple of batch_size ({self.batch_size})"
+            )
+        return self
+
+
 class FlaggingConfig(Strict):
     """Which implicit negatives to flag per class: the top `percent` % (or `top_k`) by teacher score."""
 
@@ -183,6 +244,94 @@ class PipelineConfig(RunConfig):
     flagging: FlaggingConfig = Field(default_factory=FlaggingConfig)
     student_loss: Literal["bce", "sigmoid_f1"] = "bce"
     references: bool = True  # also train the oracle and perfect-mask students when removed_labels exist
+
+
+class FloatRange(Strict):
+    """One float dimension of a sweep: uniform, or log-uniform with `log: true`, in [low, high]."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-uniform range needs low > 0, got {self.low}")
+        return self
+
+
+def _in_bounds(name: str, value: FloatRange | float, low: float, high: float) -> None:
+    lo, hi = (value.low, value.high) if isinstance(value, FloatRange) else (value, value)
+    if lo < low or hi > high:
+        raise ValueError(f"space.{name} must lie in [{low}, {high}], got {value}")
+
+
+class SearchSpaceConfig(Strict):
+    """What a sweep searches; a number instead of a range fixes that dimension (one loss choice fixes it)."""
+
+    discard_percent: FloatRange | float = Field(default_factory=lambda: FloatRange(low=0.05, high=20.0, log=True))
+    # p = 0 (no flags): "reference": the base config without a mask runs first, and the search samples p from
+    # the range; "searched": p = 0 is also a choice of the search (half of the random start-up trials);
+    # "never": no trial without a mask.
+    no_mask: Literal["reference", "searched", "never"] = "reference"
+    lam: FloatRange | float = Field(default_factory=lambda: FloatRange(low=0.0, high=1.0))
+    margin: FloatRange | float = Field(default_factory=lambda: FloatRange(low=0.0, high=1.0))
+    margin_weight: FloatRange | float = Field(default_factory=lambda: FloatRange(low=0.0, high=0.5))
+    loss: list[Literal["bce", "sigmoid_f1"]] = Field(default_factory=lambda: ["bce", "sigmoid_f1"], min_length=1)
+    lr: FloatRange | float = Field(default_factory=lambda: FloatRange(low=5e-4, high=5e-3, log=True))
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Self:
+        _in_bounds("discard_percent", self.discard_percent, 0.0, 100.0)
+        _in_bounds("lam", self.lam, 0.0, 1.0)
+        _in_bounds("margin", self.margin, 0.0, float("inf"))
+        _in_bounds("margin_weight", self.margin_weight, 0.0, float("inf"))
+        _in_bounds("lr", self.lr, 1e-12, float("inf"))
+        return self
+
+
+class AshaConfig(Strict):
+    """ASHA early stopping on the per-epoch objective: every trial runs `grace_period` epochs, then only the
+    top 1/`reduction_factor` at each rung (grace_period·factor^k epochs, below the last epoch) go on."""
+
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class SweepConfig(Strict):
+    """`raymlc sweep`: Ray Tune (Optuna TPE + ASHA) over the student's flags, loss, lr and thresholds."""
+
+    base: PipelineConfig | str  # the pipeline config (inline, or a YAML path): data, model, teacher, Ray Train
+    space: SearchSpaceConfig = Field(default_factory=SearchSpaceConfig)
+    num_trials: int = Field(8, ge=1)
+    seeds: int = Field(2, ge=1)  # per configuration: one Train worker per seed, the trial reports their mean
+    objective: Literal["map", "lwlrap", "macro_f1"] = "map"  # on the validation split
+    # Declare the val split completely labelled (like AudioSet's eval set); else the sweep warns.
+    trusted_validation: bool = False
+    epochs: int | None = Field(None, ge=1)  # student epochs per trial (default: base train.epochs)
+    asha: AshaConfig = Field(default_factory=AshaConfig)
+    search_seed: int = 0  # Optuna TPE sampler seed
+    startup_trials: int = Field(4, ge=1)  # trials sampled at random before TPE models the results
+    max_concurrent_trials: int = Field(2, ge=1)
+    cpus_per_seed: float = Field(0.45, gt=0)  # CPUs of each trial's Train worker (one per seed)
+    trial_cpus: float = Field(0.1, gt=0)  # CPUs of the trial driver (flags, thresholds; training is in workers)
+    storage: str | None = None  # Tune storage (local path or s3://, gs:// URI); default: the sweep directory
+
+    def pipeline(self) -> PipelineConfig:
+        """The base pipeline config, read from its YAML file when `base` is a path."""
+        return load_config(self.base) if isinstance(self.base, str) else self.base
+
+    def student_epochs(self, base: PipelineConfig) -> int:
+        """Epochs each trial trains (`epochs`, else the base config's); more than the ASHA grace period."""
+        epochs = self.epochs or base.train.epochs
+        if self.asha.grace_period >= epochs:
+            raise ConfigError(
+                f"asha.grace_period ({self.asha.grace_period}) must be below the trial epochs ({epochs}): "
+                "ASHA stops trials only before their last epoch"
+            )
+        return epochs
 
 
 class ServeConfig(Strict):

@@ -292,3 +292,10 @@ def random_flags(
     flagger = TopKFlagger(budget)
     flagger.update(rows, random_scores(rows, len(flagger.budget), seed), positives, explicit_negatives)
     return flag_mask_for(rows, flagger.result())
+
+
+def crossfit_folds(n_rows: int, folds: int, seed: int) -> np.ndarray:
+    """Fold index (int64 [n_rows]) of each train row for k-fold cross-fitted teachers: balanced, seeded."""
+    if folds < 2:
+        raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
+    return np.random.default_rng(seed).permutation(n_rows) % folds

@@ -9,7 +9,7 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """`../shared/data`, or a skip when this clone has no such folder (real-data tests)."""
     if not SHARED_DATA.is_dir():

@@ -14,7 +14,7 @@ import yaml
 from raymlc.cli import build_parser, main
 from raymlc.data import normalize_manifest
 
-COMMANDS = ["make-demo", "train", "evaluate", "pipeline", "predict", "serve"]
+COMMANDS = ["make-demo", "make-mixtures", "train", "pipeline", "sweep", "relabel", "evaluate", "predict", "serve"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -27,7 +27,7 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture) -> 
 
 def test_every_subcommand_is_listed() -> None:
     listed = build_parser()._subparsers._group_actions[0].choices
-    assert set(COMMANDS) <= set(listed)
+    assert set(COMMANDS) == set(listed)
 
 
 def test_missing_config_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from raymlc.flagging import (
     TopKFlagger,
+    crossfit_folds,
     flag_budget,
     flag_mask_for,
     implicit_negative_counts,
@@ -274,3 +275,12 @@ def test_flagger_and_result_survive_pickling():
     result = pickle.loads(pickle.dumps(merged.result()))
     _assert_matches(result, _reference(case, budget))
     np.testing.assert_array_equal(flag_mask_for(case["rows"], result).sum(axis=0), budget)
+
+
+def test_crossfit_folds_are_balanced_seeded_and_need_two_folds():
+    folds = crossfit_folds(103, 3, seed=5)
+    np.testing.assert_array_equal(np.bincount(folds), [35, 34, 34])
+    np.testing.assert_array_equal(folds, crossfit_folds(103, 3, seed=5))
+    assert not np.array_equal(folds, crossfit_folds(103, 3, seed=6))
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        crossfit_folds(10, 1, seed=0)

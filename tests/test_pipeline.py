@@ -11,10 +11,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from raymlc.bundle import load_bundle
 from raymlc.config import DemoConfig, PipelineConfig
 from raymlc.data import LabelVocabulary
+from raymlc.data.audio import decode_audio
 from raymlc.data.demo import make_demo
 from raymlc.distributed.pipeline import run_pipeline
+from raymlc.flagging import crossfit_folds
+from raymlc.inference import score_batch
+from raymlc.local import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -82,3 +87,42 @@ def test_pipeline_runs_every_stage(ray_session, tiny_demo: Path, tmp_path: Path)
     rerun_lines: list[str] = []
     assert run_pipeline(config, output, log=rerun_lines.append)["teacher"] == metrics["teacher"]
     assert any("teacher: already trained" in line for line in rerun_lines)
+
+    # The student's tagger bundle, with adaptive thresholds, tags a clip.
+    tagger = load_bundle(str(output / "bundle"))
+    assert tagger.vocabulary.names == vocabulary.names
+    result = tagger.tag([tagger.read_input(train.slice(0, 1)["audio"][0].as_py())])
+    assert result.present.shape == (1, len(vocabulary))
+
+
+def test_pipeline_crossfit_scores_each_fold_out_of_sample(ray_session, tiny_demo: Path, tmp_path: Path) -> None:
+    config = PipelineConfig.model_validate(
+        {
+            "data": {"manifest": str(tiny_demo)},
+            "frontend": {"window_seconds": 1.0, "n_mels": 32},
+            "model": {"channels": [8], "embedding_dim": 8},
+            "train": {"epochs": 1, "batch_size": 16},
+            "ray": {"num_workers": 1, "cpus_per_worker": 0.5, "storage_path": str(tmp_path / "ray")},
+            "scoring": {"batch_size": 16, "min_actors": 1, "max_actors": 1},
+            "flagging": {"percent": 5.0, "crossfit_folds": 2, "report_top": 0},
+            "references": False,
+        }
+    )
+    output = tmp_path / "run"
+    run_pipeline(config, output, log=lambda line: None)
+
+    # Every scored train clip was scored once, by the teacher of the fold that did not train on it.
+    manifest = pq.read_table(tiny_demo)
+    train = manifest.filter(pc.equal(manifest["split"], "train"))
+    folds = crossfit_folds(len(train), 2, config.train.seed)
+    for fold in range(2):
+        scored = pq.read_table(output / "scores" / f"fold{fold}").sort_by("row_index")
+        scored = scored.filter(pc.is_null(scored["error"]))
+        expected = [i for i in np.flatnonzero(folds == fold) if train["clip_id"][int(i)].as_py() != "corrupt-clip"]
+        assert scored["row_index"].to_pylist() == expected
+        model, _, _ = load_checkpoint(output / f"teacher-fold{fold}" / "checkpoint.pt")
+        row = train.slice(expected[0], 1).to_pylist()[0]
+        wave = decode_audio(row["audio"], clip_id=row["clip_id"], sample_rate=16000)
+        logits, _ = score_batch(model.eval(), [wave], 16000)
+        np.testing.assert_allclose(scored["scores"][0].as_py(), 1 / (1 + np.exp(-logits[0].numpy())), rtol=1e-4)
+    assert (output / "bundle" / "metadata.json").exists()

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import ray
 
 from raymlc.config import FlaggingConfig
@@ -113,3 +115,38 @@ def write_enhanced_labels(scores_dir: Path, vocabulary: LabelVocabulary, result:
     )
     enhanced.write_parquet(str(output_dir.resolve()), mode="overwrite")
     return output_dir
+
+
+def _scored_blocks(scores_dir: Path):
+    """The scored rows of the scores table, one file block at a time, read in this process."""
+    for batch in ds.dataset(scores_dir, format="parquet").to_batches():
+        yield _scored_rows(pa.Table.from_batches([batch]))
+
+
+def select_flags_local(scores_dir: Path, vocabulary: LabelVocabulary, config: FlaggingConfig) -> FlagResult:
+    """`select_flags` in this process without Ray Data, streaming the scores block by block (memory
+    O(Σ k_c)): for callers inside a Tune trial, whose placement group has no CPU for Ray Data tasks."""
+    counts = np.zeros(len(vocabulary), np.int64)
+    for block in _scored_blocks(scores_dir):
+        counts += implicit_negative_counts(*_labels(block, vocabulary))
+    flagger = TopKFlagger(flag_budget(counts, percent=config.percent, top_k=config.top_k))
+    for block in _scored_blocks(scores_dir):
+        flagger.update(block["row_index"].to_numpy(), _scores(block, len(vocabulary)), *_labels(block, vocabulary))
+    return flagger.result()
+
+
+def write_enhanced_labels_local(scores_dir: Path, vocabulary: LabelVocabulary, result: FlagResult, path: Path) -> Path:
+    """`write_enhanced_labels` in this process, into one Parquet file."""
+    schema = pa.schema(
+        [
+            ("row_index", pa.int64()),
+            ("clip_id", pa.string()),
+            ("labels", pa.list_(pa.string())),
+            ("flagged", pa.list_(pa.string())),
+            ("removed_labels", pa.list_(pa.string())),
+        ]
+    )
+    with pq.ParquetWriter(path, schema) as writer:
+        for block in _scored_blocks(scores_dir):
+            writer.write_table(_enhanced_labels(block, vocabulary, result).cast(schema))
+    return path

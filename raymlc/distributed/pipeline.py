@@ -1,5 +1,9 @@
 """`raymlc pipeline`: teacher (Ray Train) -> scores (Ray Data) -> flags -> student, with references.
 
+Scores are the teacher's in-sample scores, or with `flagging.crossfit_folds = k` out-of-sample scores: k
+extra teachers, each trained without one fold of the train split and scoring only that fold. After the
+student, its adaptive thresholds are fitted and its tagger bundle is written to `DIR/bundle/`.
+
 Every stage reads the previous stage's outputs from the run directory and marks itself done there, so
 a rerun of the same command skips finished stages (and Ray Train resumes an unfinished one by name).
 """
@@ -17,6 +21,7 @@ import pyarrow.parquet as pq
 import yaml
 from scipy.special import expit
 
+from raymlc.calibration import export_bundle, fit_tagger_thresholds
 from raymlc.config import PipelineConfig
 from raymlc.data import LabelVocabulary
 from raymlc.distributed.cluster import ensure_ray
@@ -25,8 +30,8 @@ from raymlc.distributed.report import write_report
 from raymlc.distributed.score import read_rejects, score_manifest
 from raymlc.distributed.train import train_distributed
 from raymlc.engine import load_split, predict
-from raymlc.flagging import FlagResult
-from raymlc.local import CHECKPOINT, load_checkpoint, load_manifest_table, window_samples, write_json
+from raymlc.flagging import FlagResult, crossfit_folds
+from raymlc.local import BUNDLE, CHECKPOINT, load_checkpoint, load_manifest_table, window_samples, write_json
 from raymlc.metrics import average_precision_per_class, flag_precision_recall, summarize
 
 MODELS = ("teacher", "student", "perfect_mask", "oracle")
@@ -57,6 +62,7 @@ def _train_model(
     log: Callable[[str], None],
     label_source: str = "observed",
     flags: Path | None = None,
+    holdout_fold: int | None = None,
 ) -> None:
     """Train one model with Ray Train unless the run directory already holds it."""
     if run.done(name):
@@ -64,7 +70,12 @@ def _train_model(
         return
     log(f"{name}: training on Ray Train ({config.ray.num_workers} workers)")
     result = train_distributed(
-        config, f"{run.root.resolve().name}-{name}", vocabulary, label_source, str(flags) if flags else None
+        config,
+        f"{run.root.resolve().name}-{name}",
+        vocabulary,
+        label_source,
+        str(flags) if flags else None,
+        holdout_fold,
     )
     log(f"{name}: done, val mAP {result.history[-1]['val_map']:.3f} after {len(result.history)} epochs")
     with result.checkpoint.as_directory() as directory:
@@ -143,18 +154,7 @@ def run_pipeline(config: PipelineConfig, output: Path, log: Callable[[str], None
     has_removed = bool(pc.sum(pc.list_value_length(train_rows["removed_labels"])).as_py() or 0)
     log(f"data: {len(train_rows)} train clips, {len(vocabulary)} labels, removed labels recorded: {has_removed}")
 
-    _train_model(config, run, "teacher", vocabulary, log)
-
-    scores_dir = output / "scores"
-    if not run.done("scores"):
-        log("scores: teacher scoring the train split on Ray Data")
-        frontend_rate = config.frontend.sample_rate
-        score_manifest(train_rows, str(run.model("teacher")), scores_dir, config.scoring, frontend_rate)
-        rejects = read_rejects(scores_dir)
-        pq.write_table(rejects, output / "rejects.parquet")
-        for reject in rejects.to_pylist():
-            log(f"  rejected {reject['clip_id']}: {reject['reason']}")
-        run.mark_done("scores")
+    scores_dir = teacher_scores(config, run, train_rows, vocabulary, log)
 
     flags_dir = output / "flags"
     if not run.done("flags"):
@@ -179,8 +179,70 @@ def run_pipeline(config: PipelineConfig, output: Path, log: Callable[[str], None
 
     metrics = _evaluate_models(config, run, table, vocabulary, has_removed, flags_dir)
     write_json(output / "metrics.json", metrics)
+    if not run.done(BUNDLE):
+        log(f"{BUNDLE}: fitting the student's adaptive thresholds, writing {output / BUNDLE}")
+        _export_student_bundle(config, run, table, vocabulary, metrics["student"])
+        run.mark_done(BUNDLE)
     write_report(output, metrics, vocabulary, config.flagging.report_top)
     return metrics
+
+
+def teacher_scores(
+    config: PipelineConfig,
+    run: RunDirectory,
+    train_rows: pa.Table,
+    vocabulary: LabelVocabulary,
+    log: Callable[[str], None],
+) -> Path:
+    """Stages 1-2, each skipped when done: the teacher (Ray Train), then its scores of the train split
+    (Ray Data) in `run.root/scores`, with the clips that could not be scored in `rejects.parquet`."""
+    _train_model(config, run, "teacher", vocabulary, log)
+    scores_dir = run.root / "scores"
+    if not run.done("scores"):
+        _score_train_split(config, run, train_rows, vocabulary, scores_dir, log)
+        rejects = read_rejects(scores_dir)
+        pq.write_table(rejects, run.root / "rejects.parquet")
+        for reject in rejects.to_pylist():
+            log(f"  rejected {reject['clip_id']}: {reject['reason']}")
+        run.mark_done("scores")
+    return scores_dir
+
+
+def _score_train_split(
+    config: PipelineConfig,
+    run: RunDirectory,
+    train_rows: pa.Table,
+    vocabulary: LabelVocabulary,
+    scores_dir: Path,
+    log: Callable[[str], None],
+) -> None:
+    """Teacher scores of the train split: in-sample, or each fold by the teacher trained without it."""
+    rate = config.frontend.sample_rate
+    folds = config.flagging.crossfit_folds
+    if not folds:
+        log("scores: teacher scoring the train split on Ray Data")
+        score_manifest(train_rows, str(run.model("teacher")), scores_dir, config.scoring, rate)
+        return
+    log(f"scores: cross-fitting, {folds} teachers each scoring the fold it did not see")
+    fold_of_row = crossfit_folds(len(train_rows), folds, config.train.seed)
+    rows = train_rows.append_column("row_index", pa.array(np.arange(len(train_rows), dtype=np.int64)))
+    for fold in range(folds):
+        _train_model(config, run, f"teacher-fold{fold}", vocabulary, log, holdout_fold=fold)
+        held_out = rows.filter(pa.array(fold_of_row == fold))
+        score_manifest(
+            held_out, str(run.model(f"teacher-fold{fold}")), scores_dir / f"fold{fold}", config.scoring, rate
+        )
+
+
+def _export_student_bundle(
+    config: PipelineConfig, run: RunDirectory, table: pa.Table, vocabulary: LabelVocabulary, test_metrics: dict
+) -> None:
+    """The student's tagger bundle (`DIR/bundle/`): adaptive thresholds fitted on the frozen student."""
+    model, _, _ = load_checkpoint(run.model("student"))
+    frontend = config.frontend if "features" not in table.column_names else None
+    splits = {name: load_split(table, vocabulary, name, frontend) for name in ("train", "val")}
+    fitted = fit_tagger_thresholds(model.eval(), splits["train"], splits["val"], config, window_samples(config))
+    export_bundle(str(run.root / BUNDLE), model, config, vocabulary, fitted, splits, {"test": test_metrics})
 
 
 def _evaluate_models(

@@ -83,8 +83,12 @@ def score_manifest(
     config: ScoringConfig,
     sample_rate: int | None,
 ) -> Path:
-    """Score every row of `table` with the checkpoint's model; writes `output_dir/*.parquet`, returns it."""
-    table = table.append_column("row_index", pa.array(np.arange(len(table), dtype=np.int64)))
+    """Score every row of `table` with the checkpoint's model; writes `output_dir/*.parquet`, returns it.
+
+    `row_index` is the row's position in `table`, unless `table` already has a `row_index` column.
+    """
+    if "row_index" not in table.column_names:
+        table = table.append_column("row_index", pa.array(np.arange(len(table), dtype=np.int64)))
     is_audio = "features" not in table.column_names
     if not is_audio:
         table = table.append_column("error", pa.nulls(len(table), pa.string()))

@@ -4,6 +4,9 @@ Each worker decodes only its shard of the train split (rank, rank + W, ... padde
 the same number of steps). Rank 0 evaluates on val and writes a checkpoint every epoch (model,
 optimizer, epoch, history); a replaced worker, or a rerun with the same name and storage path,
 resumes from the newest checkpoint.
+
+With `seeds` (a sweep trial), worker r instead trains its own model with seed `seeds[r]` on the whole
+train split (no DDP); every worker evaluates on val and rank 0 reports the mean (and std) over seeds.
 """
 
 from __future__ import annotations
@@ -33,10 +36,16 @@ from raymlc.engine import (
     make_optimizer,
     train_epoch,
 )
+from raymlc.flagging import crossfit_folds
 from raymlc.local import CHECKPOINT, load_checkpoint, load_manifest_table, save_checkpoint, window_samples
 from raymlc.models import FeatureMLP, build_model
 
 TRAIN_STATE = "train_state.pt"
+
+
+def seed_state(rank: int) -> str:
+    """The training-state file of the model of seed index `rank` (seeds mode)."""
+    return f"train_state-seed{rank}.pt"
 
 
 @dataclass
@@ -77,13 +86,22 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if pid_dir := os.environ.get("RAYMLC_TRAIN_PID_DIR"):  # lets tests find and kill a worker
         Path(pid_dir, f"{context.get_experiment_name()}-rank{rank}.pid").write_text(str(os.getpid()))
 
+    seeds = loop_config.get("seeds")
+    if seeds:
+        config.train.seed = seeds[rank]
+        torch.manual_seed(config.train.seed)
     table = load_manifest_table(config)
     train_rows = table.filter(pc.equal(table.column("split"), "train"))
+    if holdout := loop_config.get("holdout"):  # a cross-fitting teacher: every fold but one
+        folds = crossfit_folds(len(train_rows), holdout["folds"], holdout["seed"])
+        train_rows = train_rows.filter(pa.array(folds != holdout["fold"]))
     frontend = config.frontend if "features" not in table.column_names else None
-    shard = train_rows.take(pa.array(shard_positions(len(train_rows), rank, world_size)))
+    shard = train_rows if seeds else train_rows.take(pa.array(shard_positions(len(train_rows), rank, world_size)))
     train = load_split(shard, vocabulary, None, frontend, loop_config["label_source"])
     mask = flag_mask(loop_config["flags"], train.clip_ids, vocabulary) if loop_config.get("flags") else None
-    val = load_split(table, vocabulary, "val", frontend, loop_config["label_source"]) if rank == 0 else None
+    evaluates = rank == 0 or bool(seeds)
+    val = load_split(table, vocabulary, "val", frontend, loop_config["label_source"]) if evaluates else None
+    state_file = seed_state(rank) if seeds else TRAIN_STATE
 
     feature_dim = None if train.is_audio else train.inputs.shape[1]
     model = build_model(config.model, config.frontend, len(vocabulary), feature_dim)
@@ -94,11 +112,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     start_epoch, history = 0, []
     if checkpoint := ray.train.get_checkpoint():
         with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory, TRAIN_STATE), map_location="cpu", weights_only=True)
+            state = torch.load(Path(directory, state_file), map_location="cpu", weights_only=True)
         model.load_state_dict(state["model_state"])
         optimizer.load_state_dict(state["optimizer_state"])
         start_epoch, history = state["epoch"], state["history"]
-    model = prepare_model(model)
+    model = model if seeds else prepare_model(model)
     core = model.module if hasattr(model, "module") else model
     loss_fn = make_loss(config.train)
     window = window_samples(config)
@@ -109,21 +127,37 @@ def train_loop_per_worker(loop_config: dict) -> None:
         rng = np.random.default_rng([config.train.seed, rank, epoch])
         batches = iterate_batches(train, config.train.batch_size, rng, window, mask)
         record = {"epoch": epoch + 1, "train_loss": train_epoch(model, optimizer, loss_fn, batches)}
+        if val is not None and len(val):
+            scores = evaluate(core, val, config.train.eval_batch_size, window)
+            record |= {f"val_{key}": value for key, value in scores.items()}
+        if seeds:
+            record = _mean_over_seeds(record, world_size)
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
             if rank == 0:
-                if val is not None and len(val):
-                    record["val_map"] = evaluate(core, val, config.train.eval_batch_size, window)["map"]
-                history.append(record)
                 val_text = f", val mAP {record['val_map']:.3f}" if "val_map" in record else ""
                 print(f"[{context.get_experiment_name()}] epoch {epoch + 1}: loss {record['train_loss']:.4f}{val_text}")
-                _save(Path(directory), core, optimizer, epoch + 1, history, config, vocabulary, feature_dim)
+            if evaluates:
+                history.append(record)
+                _save(Path(directory), state_file, core, optimizer, epoch + 1, history, config, vocabulary, feature_dim)
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(record, checkpoint=checkpoint)
 
 
+def _mean_over_seeds(record: dict, world_size: int) -> dict:
+    """Every worker's record averaged over the workers (seeds), with `<key>_std` beside each metric."""
+    records: list[dict] = [{} for _ in range(world_size)]
+    torch.distributed.all_gather_object(records, record)
+    merged = {"epoch": record["epoch"]}
+    for key in sorted(record.keys() - {"epoch"}):
+        values = np.array([r[key] for r in records], dtype=np.float64)
+        merged |= {key: float(values.mean()), f"{key}_std": float(values.std())}
+    return merged
+
+
 def _save(
     directory: Path,
+    state_file: str,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     epoch: int,
@@ -132,24 +166,32 @@ def _save(
     vocabulary: LabelVocabulary,
     feature_dim: int | None,
 ) -> None:
-    """A checkpoint directory: the training state, plus `checkpoint.pt` in `raymlc.local`'s format."""
+    """A checkpoint directory: the training state, plus `checkpoint.pt` in `raymlc.local`'s format.
+
+    In seeds mode every worker writes its own `state_file`; `checkpoint.pt` holds the first seed's model.
+    """
     train_state = {"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict()}
-    torch.save(train_state | {"epoch": epoch, "history": history}, directory / TRAIN_STATE)
-    save_checkpoint(directory / CHECKPOINT, model, config, vocabulary, feature_dim)
+    torch.save(train_state | {"epoch": epoch, "history": history}, directory / state_file)
+    if state_file in (TRAIN_STATE, seed_state(0)):
+        save_checkpoint(directory / CHECKPOINT, model, config, vocabulary, feature_dim)
 
 
 def _absolute(path_or_uri: str) -> str:
     return path_or_uri if "://" in path_or_uri else os.path.abspath(path_or_uri)
 
 
-def train_distributed(
+def build_trainer(
     config: PipelineConfig,
     name: str,
     vocabulary: LabelVocabulary,
     label_source: str = "observed",
     flags: str | None = None,
-) -> TrainResult:
-    """Train with Ray Train under `config.ray.storage_path/name`; rerunning the same name resumes."""
+    holdout_fold: int | None = None,
+    seeds: list[int] | None = None,
+    callbacks: list | None = None,
+) -> TorchTrainer:
+    """The `TorchTrainer` of one run under `config.ray.storage_path/name`: `config.ray.num_workers` DDP
+    workers, or with `seeds` one worker per seed, each training its own model (see the module docstring)."""
     ray_config = config.ray
     run_config = config.core()
     # Train workers run in their own working directory: ship local data paths as absolute paths.
@@ -157,7 +199,7 @@ def train_distributed(
     data.manifest = _absolute(data.manifest)
     data.test_manifest = data.test_manifest and _absolute(data.test_manifest)
     storage_path = _absolute(ray_config.storage_path)
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "config": run_config.model_dump(),
@@ -165,9 +207,13 @@ def train_distributed(
             "label_source": label_source,
             "flags": flags and _absolute(flags),
             "torch_threads": ray_config.torch_threads,
+            "holdout": None
+            if holdout_fold is None
+            else {"folds": config.flagging.crossfit_folds, "fold": holdout_fold, "seed": config.train.seed},
+            "seeds": seeds,
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=ray_config.num_workers,
+            num_workers=len(seeds) if seeds else ray_config.num_workers,
             use_gpu=ray_config.use_gpu,
             resources_per_worker={"CPU": ray_config.cpus_per_worker},
         ),
@@ -176,9 +222,25 @@ def train_distributed(
             storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=ray_config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
         ),
     )
-    result = trainer.fit()
+
+
+def train_distributed(
+    config: PipelineConfig,
+    name: str,
+    vocabulary: LabelVocabulary,
+    label_source: str = "observed",
+    flags: str | None = None,
+    holdout_fold: int | None = None,
+) -> TrainResult:
+    """Train with Ray Train under `config.ray.storage_path/name`; rerunning the same name resumes.
+
+    With `holdout_fold`, train without that fold of `raymlc.flagging.crossfit_folds(n_train,
+    config.flagging.crossfit_folds, config.train.seed)` (a cross-fitting teacher).
+    """
+    result = build_trainer(config, name, vocabulary, label_source, flags, holdout_fold).fit()
     with result.checkpoint.as_directory() as directory:
         state = torch.load(Path(directory, TRAIN_STATE), map_location="cpu", weights_only=True)
     return TrainResult(result.checkpoint, state["history"])
