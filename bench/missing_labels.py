@@ -60,7 +60,7 @@ from raymlc.data import LabelVocabulary
 from raymlc.data.demo import make_demo
 from raymlc.decision_rules import fit_per_class, per_class
 from raymlc.engine import SplitData, fit, predict
-from raymlc.flagging import TopKFlagger, flag_budget, flag_mask_for, implicit_negative_counts, random_flags
+from raymlc.flagging import flag_budget, flag_matrix, implicit_negative_counts, random_flags
 from raymlc.local import Dataset, load_dataset, load_manifest_table, new_model, window_samples
 from raymlc.metrics import f1_scores, flag_precision_recall, summarize
 
@@ -198,10 +198,7 @@ def top_flags(scores: np.ndarray, train: SplitData, percent: float) -> np.ndarra
     """Bool [N, C]: per class the top `percent` % implicit negatives by score."""
     positives, explicit = train.targets.astype(bool), train.explicit_negatives.astype(bool)
     budget = flag_budget(implicit_negative_counts(positives, explicit), percent=percent)
-    rows = np.arange(len(train))
-    flagger = TopKFlagger(budget)
-    flagger.update(rows, scores, positives, explicit)
-    return flag_mask_for(rows, flagger.result())
+    return flag_matrix(scores, positives, explicit, budget)
 
 
 def cleanlab_flags(scores: np.ndarray, train: SplitData) -> np.ndarray:

@@ -46,7 +46,7 @@ from raymlc.data.demo import make_demo
 from raymlc.data.schema import normalize_manifest
 from raymlc.decision_rules import adaptive, fit_per_class, fit_prior_shift, fixed, per_class, prior_shift
 from raymlc.engine import fit, predict
-from raymlc.flagging import TopKFlagger, flag_budget, flag_mask_for, implicit_negative_counts
+from raymlc.flagging import flag_budget, flag_matrix, implicit_negative_counts
 from raymlc.local import Dataset, load_dataset, new_model, window_samples
 from raymlc.metrics import f1_scores
 from raymlc.thresholds import MemoryBank, fit_thresholds, idf, thresholds_for
@@ -245,9 +245,7 @@ def teacher_student_mask(dataset: Dataset, train_logits: np.ndarray) -> np.ndarr
     positives, explicit = dataset.train.targets, dataset.train.explicit_negatives
     flagging = FlaggingConfig()
     budget = flag_budget(implicit_negative_counts(positives, explicit), flagging.percent, flagging.top_k)
-    flagger, rows = TopKFlagger(budget), np.arange(len(positives))
-    flagger.update(rows, train_logits, positives, explicit)
-    return 1.0 - flag_mask_for(rows, flagger.result())
+    return 1.0 - flag_matrix(train_logits, positives, explicit, budget)
 
 
 def run_dataset(name: str, config: RunConfig, cache: Path | None) -> dict:

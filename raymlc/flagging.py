@@ -288,9 +288,17 @@ def random_flags(
 ) -> np.ndarray:
     """Random-mask control: bool [N, C] flagging min(k_c, count_c) implicit negatives of each class
     uniformly at random (rows are 0..N-1; blockwise, feed `random_scores` to a `TopKFlagger`)."""
+    scores = random_scores(np.arange(len(positives)), len(budget), seed)
+    return flag_matrix(scores, positives, explicit_negatives, budget)
+
+
+def flag_matrix(
+    scores: np.ndarray, positives: np.ndarray, explicit_negatives: np.ndarray, budget: np.ndarray
+) -> np.ndarray:
+    """Bool [N, C] flags of a whole in-memory split (rows 0..N-1): per class the top k_c implicit negatives."""
     rows = np.arange(len(positives))
     flagger = TopKFlagger(budget)
-    flagger.update(rows, random_scores(rows, len(flagger.budget), seed), positives, explicit_negatives)
+    flagger.update(rows, scores, positives, explicit_negatives)
     return flag_mask_for(rows, flagger.result())
 
 
