@@ -89,7 +89,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     seeds = loop_config.get("seeds")
     if seeds:
         config.train.seed = seeds[rank]
-        torch.manual_seed(config.train.seed)
+    torch.manual_seed(config.train.seed)  # the same initial weights on every run (DDP broadcasts rank 0's)
     table = load_manifest_table(config)
     train_rows = table.filter(pc.equal(table.column("split"), "train"))
     if holdout := loop_config.get("holdout"):  # a cross-fitting teacher: every fold but one
