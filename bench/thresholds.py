@@ -9,8 +9,9 @@ from the frozen BCE tagger's test logits (sigmoidF1 @ 0.5 from its own model):
 
 Datasets: the demo (`make_demo` defaults, `configs/demo.yaml`) with observed (incomplete) and clean train
 labels; MULAN emotions and birds (`configs/mulan_*.yaml`, skipped without ../shared/data); FSDD digit
-mixtures (1-3 spoken digits per 2-s clip at 8 kHz, 30 % of train positives removed at random; skipped
-without ../shared/data). Demo data and mixtures are written once under `--data-dir` and reused.
+mixtures (`raymlc.data.mixtures` defaults: 1-3 spoken digits per 2-s clip at 8 kHz, speakers split, but 30 % of
+the train positives removed at random; `configs/fsdd_mixtures.yaml`; skipped without ../shared/data). Demo
+data and mixtures are written once under `--data-dir` and reused.
 
 "train, flag mask": the fused fit on train with the teacher–student mask `1 − flags` (`raymlc.flagging`, top
 1 % of each class's implicit negatives flagged, the BCE tagger as its own in-sample teacher); "val" fits need
@@ -34,16 +35,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import soundfile as sf
 import torch
 
 from raymlc import engine, features, inference, losses, models
-from raymlc.config import DemoConfig, FlaggingConfig, RunConfig, ThresholdConfig, load_config
-from raymlc.data.audio import decode_audio
+from raymlc.config import DemoConfig, FlaggingConfig, MixtureConfig, RunConfig, ThresholdConfig, load_config
 from raymlc.data.demo import make_demo
-from raymlc.data.schema import normalize_manifest
+from raymlc.data.mixtures import make_fsdd_mixtures
 from raymlc.decision_rules import adaptive, fit_per_class, fit_prior_shift, fixed, per_class, prior_shift
 from raymlc.engine import fit, predict
 from raymlc.flagging import flag_budget, flag_matrix, implicit_negative_counts
@@ -85,48 +82,6 @@ def mulan_config(name: str) -> RunConfig | None:
     return config
 
 
-def make_fsdd_mixtures(recordings: Path, output: Path, seed: int = 0) -> Path:
-    """1-3 distinct spoken digits per 2-s, 8-kHz clip; takes 0-4 test, 5-9 val, 10-49 train (all speakers);
-    30 % of the train positives moved to `removed_labels` uniformly at random."""
-    sample_rate, clip = 8000, 16000
-    rng = np.random.default_rng(seed)
-    pools: dict[str, dict[str, list[Path]]] = {s: {str(d): [] for d in range(10)} for s in SPLITS}
-    for path in sorted(recordings.glob("*.wav")):
-        digit, _, take = path.stem.split("_")
-        split = "test" if int(take) < 5 else "val" if int(take) < 10 else "train"
-        pools[split][digit].append(path)
-    rows = []
-    for split, count in (("train", 1000), ("val", 250), ("test", 250)):
-        (output / split).mkdir(parents=True, exist_ok=True)
-        for index in range(count):
-            digits = sorted(rng.choice(10, size=int(rng.integers(1, 4)), replace=False).tolist())
-            mix = rng.normal(0, 0.003, clip)
-            for digit in digits:
-                choices = pools[split][str(digit)]
-                source = choices[int(rng.integers(len(choices)))]
-                wave = decode_audio(str(source), clip_id=source.stem, sample_rate=sample_rate)[:clip]
-                start = int(rng.integers(0, clip - len(wave) + 1))
-                gain = 10 ** (rng.uniform(-12, 0) / 20) / max(float(np.abs(wave).max()), 1e-6)
-                mix[start : start + len(wave)] += gain * wave
-            path = output / split / f"{split}_{index:05d}.wav"
-            sf.write(path, (0.9 * mix / np.abs(mix).max()).astype(np.float32), sample_rate, subtype="PCM_16")
-            labels = [str(d) for d in digits]
-            dropped = [d for d in labels if split == "train" and rng.random() < 0.3]
-            kept = [d for d in labels if d not in dropped]
-            rows.append(
-                {
-                    "clip_id": path.stem,
-                    "audio": str(path),
-                    "labels": kept,
-                    "removed_labels": dropped,
-                    "split": split,
-                }
-            )
-    manifest = output / "manifest.parquet"
-    pq.write_table(normalize_manifest(pa.Table.from_pylist(rows)), manifest)
-    return manifest
-
-
 def fsdd_config(data_dir: Path) -> RunConfig | None:
     recordings = SHARED / "fsdd_dev" / "recordings"
     if not recordings.is_dir():
@@ -134,23 +89,10 @@ def fsdd_config(data_dir: Path) -> RunConfig | None:
     manifest = data_dir / "fsdd_mix" / "manifest.parquet"
     if not manifest.is_file():
         log(f"making FSDD digit mixtures in {manifest.parent}")
-        make_fsdd_mixtures(recordings, manifest.parent)
-    return RunConfig.model_validate(
-        {
-            "data": {"manifest": str(manifest), "label_source": "observed"},
-            "frontend": {
-                "sample_rate": 8000,
-                "window_seconds": 2.0,
-                "n_fft": 256,
-                "win_length": 256,
-                "hop_length": 128,
-                "n_mels": 48,
-                "f_min": 50.0,
-            },
-            "model": {"kind": "cnn", "channels": [16, 32, 64, 128], "embedding_dim": 128},
-            "train": {"epochs": 10, "batch_size": 32, "lr": 0.003},
-        }
-    )
+        make_fsdd_mixtures(recordings, manifest.parent, MixtureConfig(removal="random"))
+    config = load_config(REPO / "configs" / "fsdd_mixtures.yaml")
+    config.data.manifest = str(manifest)
+    return config
 
 
 def benchmark_configs(data_dir: Path, names: list[str]) -> dict[str, RunConfig]:

@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep",
         help="Ray Tune sweep (Optuna TPE + ASHA) of discard %%, loss, lr and thresholds; teacher scored once",
         description="Trains the teacher and scores the train split once, then runs Ray Tune trials that each "
-        "derive flags with their own discard %% and train the student (one Ray Train worker per seed). Writes "
+        "derive flags with their own discard % and train the student (one Ray Train worker per seed). Writes "
         "results.parquet/.csv, best_config.yaml, best_bundle/ and curve.png into OUTPUT. Rerunning the same "
         "command resumes an interrupted sweep (finished trials are kept). Uses the Ray cluster at RAY_ADDRESS "
         "when set, else starts Ray in this process.",

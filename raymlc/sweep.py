@@ -174,7 +174,7 @@ def best_row(rows: list[dict]) -> dict | None:
 
 def plot_curve(rows: list[dict], path: Path, objective: str) -> None:
     """Validation objective against discard % (log axis), p = 0 in its own panel on the left; trials
-    stopped early by ASHA are hollow, error bars are the spread over seeds."""
+    stopped early by ASHA are hollow and labelled with their last epoch, error bars are the spread over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,6 +193,10 @@ def plot_curve(rows: list[dict], path: Path, objective: str) -> None:
         target.errorbar(
             x, row["objective"], yerr=row.get("objective_std") or 0.0, fmt="o", color="C0", mfc=face, capsize=3
         )
+        if row["status"] != "completed" and row.get("epochs_run"):  # fewer epochs: not comparable as is
+            target.annotate(
+                f"ep {row['epochs_run']}", (x, row["objective"]), xytext=(5, -3), fontsize=8, textcoords="offset points"
+            )
     if best is not None:
         target = zero_ax if best["discard_percent"] == 0 else ax
         target.plot(best["discard_percent"], best["objective"], "*", color="C3", markersize=16, label="best")
@@ -205,6 +209,6 @@ def plot_curve(rows: list[dict], path: Path, objective: str) -> None:
     ax.tick_params(left=False)
     for axis in (zero_ax, ax):
         axis.grid(alpha=0.3)
-    fig.suptitle(f"Sweep: validation {objective} vs discard % (filled: completed, hollow: stopped by ASHA)")
+    fig.suptitle(f"Sweep: validation {objective} vs discard % (hollow: stopped by ASHA after 'ep' epochs)")
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)

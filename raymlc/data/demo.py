@@ -14,21 +14,25 @@ Drop probabilities are `sigmoid(score - b)` with the offset `b` found by bisecti
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import soundfile as sf
-from scipy.special import expit
 
 from raymlc.config import DemoConfig
-from raymlc.data.schema import normalize_manifest
+from raymlc.data.synthetic import (
+    LABEL_STREAM,
+    SPLITS,
+    explicit_negatives,
+    overlaps,
+    removed_labels,
+    render_splits,
+    write_dataset,
+)
 
 Rng = np.random.Generator
 
@@ -46,16 +50,13 @@ DEMO_CLASSES: tuple[str, ...] = (
     "hum",
     "siren",
 )
-SPLITS = ("train", "val", "test")
 DURATION_S = (0.3, 1.5)
 LEVEL_DB = (-30.0, 0.0)
 NOISE_DB = (-50.0, -35.0)
-EXPLICIT_NEGATIVES = 2
 # Structured removal score: 1 per 10 dB below full level, 2 for an event fully overlapped by others.
 OVERLAP_WEIGHT = 2.0
 SCORE_SLOPE = 1.5
 _REFERENCE_RMS = 0.1
-_LABEL_STREAM = 1_000_003  # seed-sequence key of the label-removal stream, apart from the per-clip streams
 
 
 @dataclass(frozen=True)
@@ -203,22 +204,14 @@ def _render_event(rng: Rng, label: str, m: int, sr: int) -> np.ndarray:
 # ---------------------------------------------------------------- clips
 
 
-def _overlaps(onsets: np.ndarray, durations: np.ndarray) -> np.ndarray:
-    """Fraction of each event's duration shared with the other events (capped at 1)."""
-    ends = onsets + durations
-    shared = np.clip(np.minimum(ends[:, None], ends) - np.maximum(onsets[:, None], onsets), 0, None)
-    np.fill_diagonal(shared, 0)
-    return np.minimum(shared.sum(axis=1) / durations, 1.0)
-
-
 def _plan_events(rng: Rng, config: DemoConfig) -> list[Event]:
     n = int(rng.integers(config.min_events, config.max_events + 1))
     classes = np.sort(rng.choice(len(DEMO_CLASSES), n, replace=False))
     durations = np.minimum(rng.uniform(*DURATION_S, n), config.clip_seconds)
     onsets = rng.uniform(0, 1, n) * (config.clip_seconds - durations)
     levels = rng.uniform(*LEVEL_DB, n)
-    overlaps = _overlaps(onsets, durations)
-    rows = zip(classes, onsets.round(4), durations.round(4), levels.round(2), overlaps.round(4), strict=True)
+    shared = overlaps(onsets, durations)
+    rows = zip(classes, onsets.round(4), durations.round(4), levels.round(2), shared.round(4), strict=True)
     return [Event(DEMO_CLASSES[c], float(o), float(d), float(lv), float(ov)) for c, o, d, lv, ov in rows]
 
 
@@ -247,26 +240,6 @@ def _make_clip(config: DemoConfig, split_index: int, index: int, path: Path) -> 
 # ---------------------------------------------------------------- incomplete labels
 
 
-def _calibrated_probabilities(scores: np.ndarray, fraction: float) -> np.ndarray:
-    """sigmoid(scores - b), with b bisected so the probabilities average to `fraction`."""
-    if fraction <= 0 or scores.size == 0:
-        return np.zeros_like(scores)
-    low, high = scores.min() - 50, scores.max() + 50
-    for _ in range(100):
-        offset = (low + high) / 2
-        low, high = (offset, high) if expit(scores - offset).mean() > fraction else (low, offset)
-    return expit(scores - (low + high) / 2)
-
-
-def _systematic_sample(probabilities: np.ndarray, rng: Rng) -> np.ndarray:
-    """Boolean mask with P(mask[i]) = probabilities[i] and exactly floor or ceil of their sum selected."""
-    order = rng.permutation(len(probabilities))
-    crossings = np.maximum(np.ceil(np.cumsum(probabilities[order]) - rng.uniform()), 0)
-    mask = np.zeros(len(probabilities), dtype=bool)
-    mask[order] = np.diff(crossings, prepend=0) > 0
-    return mask
-
-
 def _drop_scores(events: list[Event], removal: str, rng: Rng) -> np.ndarray:
     if removal == "random":
         class_offsets = dict(zip(DEMO_CLASSES, rng.normal(0, 1, len(DEMO_CLASSES)), strict=True))
@@ -274,37 +247,20 @@ def _drop_scores(events: list[Event], removal: str, rng: Rng) -> np.ndarray:
     return SCORE_SLOPE * np.array([-e.level_db / 10 + OVERLAP_WEIGHT * e.overlap for e in events])
 
 
-def _remove_labels(clips: list[list[Event]], config: DemoConfig, rng: Rng) -> list[set[str]]:
-    """The removed labels of each (train) clip."""
-    flat = [(i, event) for i, events in enumerate(clips) for event in events]
-    scores = _drop_scores([event for _, event in flat], config.removal, rng)
-    dropped = _systematic_sample(_calibrated_probabilities(scores, config.drop_fraction), rng)
-    removed: list[set[str]] = [set() for _ in clips]
-    for (i, event), drop in zip(flat, dropped, strict=True):
-        if drop:
-            removed[i].add(event.label)
-    return removed
-
-
-def _explicit_negatives(events: list[Event], rate: float, rng: Rng) -> list[str]:
-    """With probability `rate`, classes verified absent: drawn among the clip's true negatives."""
-    if rng.uniform() >= rate:
-        return []
-    present = {event.label for event in events}
-    absent = [name for name in DEMO_CLASSES if name not in present]
-    chosen = rng.choice(len(absent), min(EXPLICIT_NEGATIVES, len(absent)), replace=False)
-    return [absent[i] for i in sorted(chosen)]
-
-
 # ---------------------------------------------------------------- the dataset
 
 
 def _split_rows(split: str, clips: list[list[Event]], paths: list[Path], config: DemoConfig, rng: Rng) -> list[dict]:
     train = split == "train"
-    removed = _remove_labels(clips, config, rng) if train else [set() for _ in clips]
+    if train:
+        scores = _drop_scores([event for events in clips for event in events], config.removal, rng)
+        removed = removed_labels(clips, scores, config.drop_fraction, rng)
+    else:
+        removed = [set() for _ in clips]
     rows = []
     for path, events, dropped in zip(paths, clips, removed, strict=True):
-        negatives = _explicit_negatives(events, config.explicit_negative_rate, rng) if train else []
+        present = {event.label for event in events}
+        negatives = explicit_negatives(present, DEMO_CLASSES, config.explicit_negative_rate, rng) if train else []
         rows.append(
             {
                 "clip_id": path.stem,
@@ -336,26 +292,9 @@ def make_demo(
         raise ValueError(f"max_events={config.max_events} exceeds the {len(DEMO_CLASSES)} demo classes")
     output_dir = Path(output_dir).resolve()
     sizes = (config.n_train, config.n_val, config.n_test)
-    paths = {
-        split: [output_dir / "audio" / split / f"{split}_{i:05d}.{config.audio_format}" for i in range(size)]
-        for split, size in zip(SPLITS, sizes, strict=True)
-    }
-    for split in SPLITS:
-        (output_dir / "audio" / split).mkdir(parents=True, exist_ok=True)
-    jobs = [(s, i, path) for s, split in enumerate(SPLITS) for i, path in enumerate(paths[split])]
-
-    clips: dict[str, list[list[Event]]] = {split: [] for split in SPLITS}
-    # NumPy and libsndfile release the GIL, so threads render clips in parallel.
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        results = pool.map(lambda job: _make_clip(config, *job), jobs)
-        for done, ((split_index, _, _), events) in enumerate(zip(jobs, results, strict=True), start=1):
-            clips[SPLITS[split_index]].append(events)
-            if progress and (done % 100 == 0 or done == len(jobs)):
-                progress(done, len(jobs))
-
-    rng = np.random.default_rng([config.seed, _LABEL_STREAM])
+    paths, clips = render_splits(
+        output_dir, sizes, config.audio_format, functools.partial(_make_clip, config), progress
+    )
+    rng = np.random.default_rng([config.seed, LABEL_STREAM])
     rows = [row for split in SPLITS for row in _split_rows(split, clips[split], paths[split], config, rng)]
-    manifest = output_dir / "manifest.parquet"
-    pq.write_table(normalize_manifest(pa.Table.from_pylist(rows), source=str(manifest)), manifest)
-    (output_dir / "classes.json").write_text(json.dumps(list(DEMO_CLASSES), indent=2) + "\n")
-    return manifest
+    return write_dataset(output_dir, rows, DEMO_CLASSES)

@@ -16,22 +16,25 @@ The drop probabilities are calibrated and sampled as in `raymlc.data.demo`, so t
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import soundfile as sf
 
 from raymlc.config import ConfigError, MixtureConfig
 from raymlc.data.audio import decode_audio
-from raymlc.data.demo import EXPLICIT_NEGATIVES, SPLITS, _calibrated_probabilities, _overlaps, _systematic_sample
-from raymlc.data.schema import normalize_manifest
+from raymlc.data.synthetic import (
+    LABEL_STREAM,
+    SPLITS,
+    explicit_negatives,
+    overlaps,
+    removed_labels,
+    render_splits,
+    write_dataset,
+)
 
 DIGITS: tuple[str, ...] = tuple(str(d) for d in range(10))
 RECORDING_NAME = re.compile(r"^(?P<digit>\d)_(?P<speaker>[^_]+)_(?P<take>\d+)\.wav$")
@@ -39,7 +42,6 @@ PEAK = 0.9
 # Structured removal score per 10 dB below the loudest digit of the clip.
 DEFICIT_SLOPE = 5.0
 _REFERENCE_RMS = 0.1
-_LABEL_STREAM = 1_000_003  # seed-sequence key of the label-removal stream, apart from the per-clip streams
 
 Pools = dict[str, dict[str, list[Path]]]  # split -> digit -> recordings
 
@@ -102,8 +104,8 @@ def _make_clip(config: MixtureConfig, pools: dict[str, list[Path]], key: tuple[i
         onsets.append(start / sr)
         durations.append(len(wave) / sr)
     sf.write(path, mix * (PEAK / max(float(np.abs(mix).max()), 1e-8)), sr, subtype="PCM_16")
-    overlaps = _overlaps(np.array(onsets), np.array(durations))
-    rows = zip(digits, sources, onsets, durations, gains, overlaps, strict=True)
+    shared = overlaps(np.array(onsets), np.array(durations))
+    rows = zip(digits, sources, onsets, durations, gains, shared, strict=True)
     return [
         Event(digit, source.name, source.stem.split("_")[1], round(onset, 4), round(duration, 4), float(g), round(o, 4))
         for digit, source, onset, duration, g, o in rows
@@ -121,28 +123,14 @@ def _drop_scores(clips: list[list[Event]], removal: str) -> np.ndarray:
     return DEFICIT_SLOPE * np.array(deficits) / 10
 
 
-def _remove_labels(clips: list[list[Event]], config: MixtureConfig, rng: np.random.Generator) -> list[set[str]]:
-    """The removed labels of each (train) clip."""
-    scores = _drop_scores(clips, config.removal)
-    dropped = iter(_systematic_sample(_calibrated_probabilities(scores, config.drop_fraction), rng))
-    return [{event.label for event in events if next(dropped)} for events in clips]
-
-
-def _explicit_negatives(events: list[Event], rate: float, rng: np.random.Generator) -> list[str]:
-    """With probability `rate`, digits verified absent: drawn among the clip's true negatives."""
-    if rng.uniform() >= rate:
-        return []
-    present = {event.label for event in events}
-    absent = [digit for digit in DIGITS if digit not in present]
-    chosen = rng.choice(len(absent), min(EXPLICIT_NEGATIVES, len(absent)), replace=False)
-    return [absent[i] for i in sorted(chosen)]
-
-
 def _split_rows(
     split: str, clips: list[list[Event]], paths: list[Path], config: MixtureConfig, rng: np.random.Generator
 ) -> list[dict]:
     train = split == "train"
-    removed = _remove_labels(clips, config, rng) if train else [set() for _ in clips]
+    if train:
+        removed = removed_labels(clips, _drop_scores(clips, config.removal), config.drop_fraction, rng)
+    else:
+        removed = [set() for _ in clips]
     rows = []
     for path, events, dropped in zip(paths, clips, removed, strict=True):
         rows.append(
@@ -150,7 +138,11 @@ def _split_rows(
                 "clip_id": path.stem,
                 "audio": str(path),
                 "labels": [e.label for e in events if e.label not in dropped],
-                "explicit_negatives": _explicit_negatives(events, config.explicit_negative_rate, rng) if train else [],
+                "explicit_negatives": (
+                    explicit_negatives({e.label for e in events}, DIGITS, config.explicit_negative_rate, rng)
+                    if train
+                    else []
+                ),
                 "removed_labels": [e.label for e in events if e.label in dropped],
                 "split": split,
                 "sources": [e.source for e in events],
@@ -181,26 +173,11 @@ def make_fsdd_mixtures(
     pools = recording_pools(recordings_dir, config)
     output_dir = Path(output_dir).resolve()
     sizes = (config.n_train, config.n_val, config.n_test)
-    paths = {
-        split: [output_dir / "audio" / split / f"{split}_{i:05d}.{config.audio_format}" for i in range(size)]
-        for split, size in zip(SPLITS, sizes, strict=True)
-    }
-    for split in SPLITS:
-        (output_dir / "audio" / split).mkdir(parents=True, exist_ok=True)
-    jobs = [(s, i, path) for s, split in enumerate(SPLITS) for i, path in enumerate(paths[split])]
 
-    clips: dict[str, list[list[Event]]] = {split: [] for split in SPLITS}
-    # NumPy and libsndfile release the GIL, so threads mix clips in parallel.
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        results = pool.map(lambda job: _make_clip(config, pools[SPLITS[job[0]]], job[:2], job[2]), jobs)
-        for done, ((split_index, _, _), events) in enumerate(zip(jobs, results, strict=True), start=1):
-            clips[SPLITS[split_index]].append(events)
-            if progress and (done % 100 == 0 or done == len(jobs)):
-                progress(done, len(jobs))
+    def render(split_index: int, index: int, path: Path) -> list[Event]:
+        return _make_clip(config, pools[SPLITS[split_index]], (split_index, index), path)
 
-    rng = np.random.default_rng([config.seed, _LABEL_STREAM])
+    paths, clips = render_splits(output_dir, sizes, config.audio_format, render, progress)
+    rng = np.random.default_rng([config.seed, LABEL_STREAM])
     rows = [row for split in SPLITS for row in _split_rows(split, clips[split], paths[split], config, rng)]
-    manifest = output_dir / "manifest.parquet"
-    pq.write_table(normalize_manifest(pa.Table.from_pylist(rows), source=str(manifest)), manifest)
-    (output_dir / "classes.json").write_text(json.dumps(list(DIGITS), indent=2) + "\n")
-    return manifest
+    return write_dataset(output_dir, rows, DIGITS)
