@@ -9,7 +9,7 @@ speakers. In the train split a `drop_fraction` of the positives moves from `labe
   clip, so the quieter digit of a mixture goes unlabelled far more often (single-digit clips rarely lose theirs);
 * `removal="random"`: uniformly over the positives.
 
-The drop probabilities are calibrated and sampled as in `raymlc.data.demo`, so the removed fraction is
+The drop probabilities are calibrated and sampled by `raymlc.data.synthetic`, so the removed fraction is
 `drop_fraction` to within one label.
 """
 
