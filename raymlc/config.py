@@ -178,13 +178,12 @@ class RayTrainConfig(Strict):
 
 
 class ScoringConfig(Strict):
-    """Ray Data batch scoring: decode tasks, then an autoscaling pool of inference actors."""
+    """Ray Data batch scoring: an autoscaling pool of actors that decode and score `batch_size` clips at a time."""
 
     batch_size: int = Field(32, ge=1)
     min_actors: int = Field(1, ge=1)
     max_actors: int = Field(2, ge=1)
     cpus_per_actor: float = Field(0.5, gt=0)
-    decode_cpus: float = Field(0.25, gt=0)
     write_embeddings: bool = False
 
     @model_validator(mode="after")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.special import ndtri
-from scipy.stats import rankdata
 
 AUC_EPS = 1e-6
 """AUCs are clipped to [AUC_EPS, 1 - AUC_EPS] before the probit in `d_prime` (|d'| <= about 6.7)."""
@@ -78,6 +77,9 @@ def roc_auc_per_class(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
     NaN for classes without both positives and negatives.
     """
+    # Imported here: scipy.stats takes ~0.9 s to import, which scoring actors and Serve replicas never need.
+    from scipy.stats import rankdata
+
     y, s = _check_pair(y_true, scores, "scores")
     n_pos = y.sum(axis=0)
     n_neg = y.shape[0] - n_pos

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
 from raymlc.data.vocabulary import LabelVocabulary
 
@@ -38,6 +37,9 @@ def assign_splits(
 
 def _stratified_names(targets: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
     """'train'/'val'/'test' per row of a 0/1 matrix: test is split off first, then val from the rest."""
+    # Imported here: it pulls in scikit-learn (~1.5 s), which scoring actors and Serve replicas never need.
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
     names = np.full(len(targets), "train", dtype=object)
     remaining = np.arange(len(targets))
     for name, fraction in (("test", test_fraction), ("val", val_fraction)):

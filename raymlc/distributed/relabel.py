@@ -44,6 +44,7 @@ from raymlc.bundle import load_bundle
 from raymlc.config import ConfigError, RelabelConfig, load_config
 from raymlc.data import read_manifest
 from raymlc.data.files import is_uri, resolve
+from raymlc.data.float_lists import to_arrays
 from raymlc.distributed.cluster import ensure_ray
 from raymlc.distributed.score import decode_batch
 from raymlc.relabeling import PartAssembler, ProposalSummary, ReviewQueue, propose
@@ -86,7 +87,15 @@ class ProposalTagger:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Rows are tagged in groups of the same `row_index // batch_size`, which must arrive whole."""
-        rows = batch.to_pylist()
+        decoded = pc.is_null(batch["error"])
+        waves = dict(
+            zip(
+                batch["row_index"].filter(decoded).to_pylist(),
+                to_arrays(batch["waveform"].filter(decoded)),
+                strict=True,
+            )
+        )
+        rows = batch.drop_columns(["waveform"]).to_pylist()
         groups: dict[int, list[dict]] = {}
         for row in rows:
             groups.setdefault(row["row_index"] // self.batch_size, []).append(row)
@@ -98,12 +107,12 @@ class ProposalTagger:
                     f"model batch {group} arrived split ({len(members)} of {expected} rows): a decoded part "
                     "exceeded Ray Data's block size; lower rows_per_part"
                 )
-            out.extend(self._tag(members))
+            out.extend(self._tag(members, waves))
         return pa.Table.from_pylist(out, schema=PROPOSAL_SCHEMA)
 
-    def _tag(self, members: list[dict]) -> list[dict]:
+    def _tag(self, members: list[dict], waves: dict[int, np.ndarray]) -> list[dict]:
         ok = [row for row in members if row["error"] is None]
-        result = self.tagger.tag_waveforms([np.asarray(row["waveform"], np.float32) for row in ok])
+        result = self.tagger.tag_waveforms([waves[row["row_index"]] for row in ok])
         proposals = propose(
             result.logits,
             result.thresholds,
