@@ -30,20 +30,24 @@ from raymlc.local import load_checkpoint, window_samples
 PASS_THROUGH = ("row_index", "clip_id", "labels", "explicit_negatives", "removed_labels")
 
 
-def decode_batch(batch: pa.Table, sample_rate: int) -> pa.Table:
-    """Decode a batch of manifest rows; failed clips keep their row with `error` set and no waveform."""
+def _decode_rows(batch: pa.Table, sample_rate: int) -> tuple[list[np.ndarray | None], pa.Array]:
+    """Each row's waveform (None where it could not be decoded) and the `error` column (null, or why)."""
     rows = batch.select(["clip_id", "audio", "start_s", "end_s"]).to_pylist()
     waves, loaded, rejects = decode_clips(rows, sample_rate=sample_rate)
     waveform: list[np.ndarray | None] = [None] * len(batch)
     for position, wave in zip(loaded, waves, strict=True):
         waveform[position] = wave
-    errors: list[str | None] = [None] * len(batch)
     reasons = {reject["clip_id"]: reject["reason"] for reject in rejects}
-    for position, clip_id in enumerate(batch.column("clip_id").to_pylist()):
-        errors[position] = reasons.get(clip_id)
+    errors = [reasons.get(row["clip_id"]) for row in rows]
+    return waveform, pa.array(errors, type=pa.string())
+
+
+def decode_batch(batch: pa.Table, sample_rate: int) -> pa.Table:
+    """Decode a batch of manifest rows; failed clips keep their row with `error` set and no waveform."""
+    waveform, errors = _decode_rows(batch, sample_rate)
     columns = {name: batch.column(name) for name in PASS_THROUGH}
     columns["waveform"] = to_list_array(waveform)
-    columns["error"] = pa.array(errors, type=pa.string())
+    columns["error"] = errors
     return pa.table(columns)
 
 
@@ -61,10 +65,13 @@ class BatchScorer:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if "audio" in batch.column_names:
-            batch = decode_batch(batch, self.sample_rate)
-        input_column = "waveform" if self.window is not None else "features"
-        ok = pc.is_null(batch["error"]).to_numpy(zero_copy_only=False)
-        inputs = to_arrays(batch[input_column].filter(pa.array(ok)))
+            waveform, errors = _decode_rows(batch, self.sample_rate)
+            ok = pc.is_null(errors).to_numpy(zero_copy_only=False)
+            inputs = [wave for wave in waveform if wave is not None]
+        else:
+            errors = batch["error"]
+            ok = pc.is_null(errors).to_numpy(zero_copy_only=False)
+            inputs = to_arrays(batch["features"].filter(pa.array(ok)))
         scores = np.zeros((len(batch), len(self.vocabulary)), np.float32)
         embeddings = np.zeros((len(batch), self.embedding_dim), np.float32)
         if inputs:
@@ -74,7 +81,7 @@ class BatchScorer:
         columns["scores"] = _fixed_size(scores, ok)
         if self.with_embedding:
             columns["embedding"] = _fixed_size(embeddings, ok)
-        columns["error"] = batch["error"]
+        columns["error"] = errors
         return pa.table(columns)
 
 
