@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import optuna
@@ -238,6 +239,26 @@ def _scores_dir(tmp_path: Path, vocabulary: LabelVocabulary) -> tuple[Path, np.n
     pq.write_table(table.slice(20), directory / "part-1.parquet")
     keep = np.arange(n) != 7
     return directory, scores[keep], positives[keep], explicit[keep]
+
+
+@pytest.mark.parametrize("keep_no_mask", [True, False])
+def test_asha_stops_the_no_mask_reference_only_when_not_kept(keep_no_mask: bool) -> None:
+    from ray.tune.schedulers import TrialScheduler
+
+    from raymlc.distributed.tune import KeepNoMaskASHA
+
+    scheduler = KeepNoMaskASHA(
+        keep_no_mask, time_attr="epoch", metric="objective", mode="max", max_t=4, grace_period=1, reduction_factor=2
+    )
+    results = {1.0: 0.5, 2.0: 0.9, 0.0: 0.1, 3.0: 0.05}  # discard % -> objective at epoch 1 (the first rung)
+    decisions = {}
+    for percent, objective in results.items():
+        trial = SimpleNamespace(trial_id=f"p{percent}", config={"discard_percent": percent})
+        scheduler.on_trial_add(None, trial)
+        decisions[percent] = scheduler.on_trial_result(None, trial, {"epoch": 1, "objective": objective})
+
+    no_mask = TrialScheduler.CONTINUE if keep_no_mask else TrialScheduler.STOP
+    assert decisions == {1.0: "CONTINUE", 2.0: "CONTINUE", 0.0: no_mask, 3.0: "STOP"}
 
 
 def test_local_flags_match_the_flagger_on_the_whole_matrix(tmp_path: Path) -> None:

@@ -79,6 +79,21 @@ class ObjectiveReport(TuneReportCallback):
         super().after_report(run_context, [metrics[0] | objective | self._extra, *metrics[1:]], checkpoint)
 
 
+class KeepNoMaskASHA(ASHAScheduler):
+    """ASHA that never stops the no-mask reference trial (p = 0, with `no_mask: reference`), so the best
+    trial is compared with p = 0 at the same, last epoch; the reference's results still count in the rungs."""
+
+    def __init__(self, keep_no_mask: bool, **asha: object) -> None:
+        super().__init__(**asha)
+        self.keep_no_mask = keep_no_mask
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        if self.keep_no_mask and trial.config.get("discard_percent") == 0:
+            return self.CONTINUE
+        return action
+
+
 def scores_version(scores_dir: Path) -> str:
     """A short fingerprint of the teacher's scores files (names, sizes, mtimes): equal iff scored once."""
     digest = hashlib.sha1()
@@ -168,7 +183,8 @@ def _new_tuner(setup: TrialSetup, storage: str) -> ray.tune.Tuner:
         points_to_evaluate=reference_points(sweep.space, setup.base) or None,
         sampler=optuna.samplers.TPESampler(seed=sweep.search_seed, n_startup_trials=sweep.startup_trials),
     )
-    scheduler = ASHAScheduler(
+    scheduler = KeepNoMaskASHA(
+        keep_no_mask=sweep.space.no_mask == "reference",
         time_attr="epoch",
         metric="objective",
         mode="max",
