@@ -200,7 +200,7 @@ def plot_curve(rows: list[dict], path: Path, objective: str) -> None:
     if best is not None:
         target = zero_ax if best["discard_percent"] == 0 else ax
         target.plot(best["discard_percent"], best["objective"], "*", color="C3", markersize=16, label="best")
-        target.legend(loc="lower left")
+        target.legend(loc="best")
     ax.set_xscale("log")
     ax.set_xlabel("discard % (top p % of each class's implicit negatives masked)")
     zero_ax.set_xticks([0.0], ["0"])
