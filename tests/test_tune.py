@@ -1,5 +1,5 @@
-"""`raymlc sweep`: the pure helpers (search space, configs, results, curve, in-process flags) without Ray,
-and one slow end-to-end sweep whose driver is killed mid-run and resumed."""
+"""`raymlc sweep`: the pure helpers (search space, configs, results, curve, in-process flags) and the ASHA
+scheduler without a Ray instance, and one slow end-to-end sweep whose driver is killed mid-run and resumed."""
 
 from __future__ import annotations
 
