@@ -64,7 +64,7 @@ from raymlc.decision_rules import fit_per_class, per_class
 from raymlc.engine import SplitData, fit, predict
 from raymlc.flagging import flag_budget, flag_matrix, implicit_negative_counts, random_flags
 from raymlc.local import Dataset, load_dataset, load_manifest_table, new_model, window_samples
-from raymlc.metrics import f1_scores, flag_precision_recall, summarize
+from raymlc.metrics import f1_scores, flag_precision_recall, recovered_fraction, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -411,10 +411,6 @@ def removed_auc(train: SplitData, scores: np.ndarray) -> float | None:
     return float(np.mean(aucs)) if aucs else None
 
 
-def _fraction(value: float, reference: float, teacher: float) -> float | None:
-    return None if abs(reference - teacher) < 1e-12 else (value - teacher) / (reference - teacher)
-
-
 def seed_results(condition: Condition, seed: int, percents: list[float], crossfit: int) -> dict:
     dataset = load_labels(condition, seed)
     train = dataset.train
@@ -442,8 +438,8 @@ def seed_results(condition: Condition, seed: int, percents: list[float], crossfi
                 result["flags"][f"{kind}@{p:g}"] = flag_precision_recall(flags, train.removed.astype(bool))
     models_ = result["models"]
     teacher, student = models_["teacher"]["map"], models_["student"]["map"]
-    result["gain_fraction"] = _fraction(student, models_["perfect"]["map"], teacher)
-    result["gap_recovered"] = _fraction(student, models_["oracle"]["map"], teacher)
+    result["gain_fraction"] = recovered_fraction(student, models_["perfect"]["map"], teacher)
+    result["gap_recovered"] = recovered_fraction(student, models_["oracle"]["map"], teacher)
     return result
 
 
@@ -469,6 +465,7 @@ def summarize_condition(results: list[dict]) -> dict:
     fractions = [r["gain_fraction"] for r in results if r["gain_fraction"] is not None]
     summary["gain_fraction_mean"] = float(np.mean(fractions)) if fractions else None
     summary["gain_fraction_median"] = float(np.median(fractions)) if fractions else None
+    summary["gain_fraction_seeds"] = len(fractions)  # those whose perfect mask beats the teacher
     gaps = [r["gap_recovered"] for r in results if r["gap_recovered"] is not None]
     summary["gap_recovered_mean"] = float(np.mean(gaps)) if gaps else None
     return summary
@@ -494,7 +491,8 @@ def print_table(condition: Condition, results: list[dict], summary: dict) -> Non
     print(
         f"\nstudent beats teacher in {summary['student_beats_teacher']} seeds, the random control in "
         f"{summary['student_beats_random']}, cleanlab in {summary['student_beats_cleanlab']}; gain fraction mean "
-        f"{_text(summary['gain_fraction_mean'])}, median {_text(summary['gain_fraction_median'])}; gap recovered "
+        f"{_text(summary['gain_fraction_mean'])}, median {_text(summary['gain_fraction_median'])} (over the "
+        f"{summary['gain_fraction_seeds']} seeds whose perfect mask beats the teacher); gap recovered "
         f"mean {_text(summary['gap_recovered_mean'])}"
     )
     aucs = [r["teacher_removed_auc"] for r in results if r["teacher_removed_auc"] is not None]

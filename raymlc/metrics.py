@@ -158,3 +158,13 @@ def flag_precision_recall(flag_mask: np.ndarray, removed_mask: np.ndarray) -> di
         "precision": hits / count if count else None,
         "recall": hits / n_removed if n_removed else None,
     }
+
+
+def recovered_fraction(value: float, reference: float, baseline: float) -> float | None:
+    """(value − baseline) / (reference − baseline): the share of the reference's gain that `value` recovers.
+
+    Gain fraction (reference = perfect-mask student) and gap recovered (reference = oracle) with the teacher as
+    baseline. None when the reference does not beat the baseline: there is no gain to share then, and the
+    ratio of two negative or near-zero differences would read as a large recovery.
+    """
+    return None if reference <= baseline else (value - baseline) / (reference - baseline)

@@ -141,3 +141,11 @@ def test_validation(y: np.ndarray, other: np.ndarray) -> None:
 def test_f1_rejects_non_binary_predictions() -> None:
     with pytest.raises(ValueError, match="binary"):
         metrics.f1_scores(np.zeros((2, 2)), np.full((2, 2), 0.3))
+
+
+def test_recovered_fraction_is_undefined_without_a_gain_to_recover() -> None:
+    assert metrics.recovered_fraction(0.75, 0.80, 0.70) == pytest.approx(0.5)
+    assert metrics.recovered_fraction(0.65, 0.80, 0.70) == pytest.approx(-0.5)
+    # the perfect mask below the teacher: a student also below it is no "recovery" of 2.0
+    assert metrics.recovered_fraction(0.68, 0.69, 0.70) is None
+    assert metrics.recovered_fraction(0.75, 0.70, 0.70) is None

@@ -32,7 +32,7 @@ from raymlc.distributed.train import train_distributed
 from raymlc.engine import load_split, predict
 from raymlc.flagging import FlagResult, crossfit_folds
 from raymlc.local import BUNDLE, CHECKPOINT, load_checkpoint, load_manifest_table, window_samples, write_json
-from raymlc.metrics import average_precision_per_class, flag_precision_recall, summarize
+from raymlc.metrics import average_precision_per_class, flag_precision_recall, recovered_fraction, summarize
 
 MODELS = ("teacher", "student", "perfect_mask", "oracle")
 
@@ -136,11 +136,6 @@ def _flag_quality(flags_dir: Path, vocabulary: LabelVocabulary) -> tuple[dict, n
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = np.where(flagged.sum(axis=0) > 0, hits / flagged.sum(axis=0), np.nan)
     return flag_precision_recall(flagged, removed), per_class
-
-
-def _fraction(value: float, reference: float, teacher: float) -> float | None:
-    gap = reference - teacher
-    return None if abs(gap) < 1e-12 else (value - teacher) / gap
 
 
 def run_pipeline(config: PipelineConfig, output: Path, log: Callable[[str], None] = print) -> dict:
@@ -271,8 +266,8 @@ def _evaluate_models(
     metrics["flag_precision_per_class"] = per_class_precision.tolist() if has_removed else None
     teacher, student = metrics["teacher"]["map"], metrics["student"]["map"]
     oracle, perfect = metrics.get("oracle"), metrics.get("perfect_mask")
-    metrics["gap_recovered"] = _fraction(student, oracle["map"], teacher) if oracle else None
-    metrics["gain_fraction"] = _fraction(student, perfect["map"], teacher) if perfect else None
+    metrics["gap_recovered"] = recovered_fraction(student, oracle["map"], teacher) if oracle else None
+    metrics["gain_fraction"] = recovered_fraction(student, perfect["map"], teacher) if perfect else None
     metrics["rejects"] = pq.read_metadata(run.root / "rejects.parquet").num_rows
     return metrics
 
