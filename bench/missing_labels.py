@@ -51,7 +51,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import KFold
@@ -241,17 +240,18 @@ def _oracle_path(condition: Condition, seed: int) -> Path:
     clips and complete labels are the same: keyed by the config without its manifest path and by that content."""
     config = _config(condition, seed)
     settings = config.model_dump_json(exclude={"thresholds": True, "data": {"manifest"}})
-    key = _key(settings, _complete_data_digest(Path(config.data.manifest)))
+    key = _key(settings, _complete_data_digest(config))
     return RESULTS / "models" / condition.oracle_name / f"s{seed}-{key}" / "oracle.npz"
 
 
-def _complete_data_digest(manifest: Path) -> str:
-    """Hash of a manifest's clips (audio bytes, crops, splits) with their complete labels, or of a feature file."""
+def _complete_data_digest(config: RunConfig) -> str:
+    """Hash of the manifest's clips (audio bytes, crops, splits) with their complete labels, or of a feature file."""
     digest = hashlib.sha1()
+    manifest = Path(config.data.manifest)
     if manifest.suffix != ".parquet":  # MULAN: features and complete labels in one file
         digest.update(manifest.read_bytes())
         return digest.hexdigest()
-    table = pq.read_table(manifest)
+    table = load_manifest_table(config)
     digest.update(json.dumps(LabelVocabulary.from_table(table).names).encode())
     for row in table.to_pylist():
         complete = sorted(row["labels"] + row["removed_labels"])
