@@ -11,7 +11,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[dev]"
+	$(PIP) -e ".[ray,dev]"
 	# torchaudio 2.11's compiled extension is a CUDA build; without it the transforms raymlc uses still work.
 	rm -f $(VENV)/lib/python3*/site-packages/torchaudio/lib/*.so
 	touch $@

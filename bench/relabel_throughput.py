@@ -21,7 +21,7 @@ from pathlib import Path
 
 from raymlc.config import DemoConfig, RelabelConfig, load_config
 from raymlc.data.demo import make_demo
-from raymlc.local import BUNDLE, train_local
+from raymlc.training import BUNDLE, train_local
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def train_bundle(workdir: Path) -> str:
 
 def run_cell(bundle: str, manifest: Path, output: Path, config: RelabelConfig) -> float:
     """Seconds for one complete relabel run into a new folder."""
-    from raymlc.distributed.relabel import relabel_manifest
+    from raymlc.distributed.relabeling import relabel_manifest
 
     started = time.perf_counter()
     relabel_manifest(bundle, str(manifest), str(output), config, log=lambda _: None)

@@ -3,7 +3,7 @@
     .venv/bin/python bench/score_throughput.py [--clips 600] [--repeat 1] [--cpus 2]
 
 Both paths decode the same demo clips with soundfile and score them with the same CNN through
-`raymlc.engine.score_batch`; the plain loop uses `--cpus` torch threads, Ray gets `--cpus` CPUs
+`raymlc.scoring.score_batch`; the plain loop uses `--cpus` torch threads, Ray gets `--cpus` CPUs
 (a pool of `--cpus` single-threaded actors that decode and score). Checks that both paths give the same
 scores, prints both rates and their ratio, and writes bench/results/score_throughput.json.
 """
@@ -23,13 +23,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from raymlc.checkpoint import save_checkpoint
 from raymlc.config import DemoConfig, ModelConfig, PipelineConfig, ScoringConfig
 from raymlc.data import LabelVocabulary
 from raymlc.data.audio import decode_clips
 from raymlc.data.demo import make_demo
-from raymlc.inference import score_batch
-from raymlc.local import save_checkpoint
 from raymlc.models import build_model
+from raymlc.scoring import score_batch
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -68,7 +68,7 @@ def main() -> None:
     model = build_model(ModelConfig(), config.frontend, len(vocabulary)).eval()
     checkpoint = workdir / "checkpoint.pt"
     save_checkpoint(checkpoint, model, config, vocabulary, None)
-    window = round(config.frontend.window_seconds * config.frontend.sample_rate)
+    window = config.window_samples
 
     torch.set_num_threads(args.cpus)
     rows = table.select(["clip_id", "audio", "start_s", "end_s"]).to_pylist()
@@ -79,16 +79,16 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
-    from raymlc.distributed.score import score_manifest
+    from raymlc.distributed.scoring import score_manifest
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     scoring = ScoringConfig(batch_size=args.batch_size, min_actors=args.cpus, max_actors=args.cpus, cpus_per_actor=0.9)
     started = time.perf_counter()
-    score_manifest(table.slice(0, args.batch_size), str(checkpoint), workdir / "warmup", scoring, 16000)
+    score_manifest(table.slice(0, args.batch_size), str(checkpoint), workdir / "warmup", scoring)
     one_batch_s = time.perf_counter() - started
     print(f"ray data, one batch of {args.batch_size} clips (mostly actor start-up): {one_batch_s:.1f} s", flush=True)
     started = time.perf_counter()
-    score_manifest(table, str(checkpoint), workdir / "scores", scoring, 16000)
+    score_manifest(table, str(checkpoint), workdir / "scores", scoring)
     ray_s = time.perf_counter() - started
     ray.shutdown()
     scored = pq.read_table(workdir / "scores", columns=["row_index", "scores"]).sort_by("row_index")

@@ -148,7 +148,7 @@ def run(args: argparse.Namespace, bundle: str, data: bytes) -> list[dict]:
     import ray
     from ray import serve
 
-    from raymlc.distributed.serve import build_app
+    from raymlc.distributed.serving import build_app
 
     port = args.port + 1
     command = [sys.executable, __file__, "--serve-baseline", str(port), "--bundle", bundle]
@@ -191,7 +191,7 @@ def run(args: argparse.Namespace, bundle: str, data: bytes) -> list[dict]:
 def serve_baseline(port: int, bundle: str, threads: int) -> None:
     import uvicorn
 
-    from raymlc.service import DirectBackend, build_api
+    from raymlc.serving.app import DirectBackend, build_api
 
     app = build_api(DirectBackend(ServeConfig(bundle_uri=bundle, torch_threads=threads)))
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)

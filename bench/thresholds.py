@@ -1,7 +1,7 @@
 """Decision rules compared: test macro-/micro-F1 of fixed, tuned, prior-shift, sigmoidF1 and adaptive thresholds.
 
-For each dataset one BCE tagger and one sigmoidF1 tagger are trained (`engine.fit`); every rule then decides
-from the frozen BCE tagger's test logits (sigmoidF1 @ 0.5 from its own model):
+For each dataset one BCE tagger and one sigmoidF1 tagger are trained (`teacher_student.train_and_score`); every
+rule then decides from the frozen BCE tagger's test logits (sigmoidF1 @ 0.5 from its own model):
 
 * fixed 0.5; per-class thresholds tuned for F1 on val; prior shift fitted on val;
 * adaptive IDF only (λ = 1), KNN only (λ = 0) and fused (λ from `ThresholdConfig`), each fitted on val
@@ -35,23 +35,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from raymlc import engine, features, inference, losses, models
-from raymlc.config import DemoConfig, FlaggingConfig, MixtureConfig, RunConfig, ThresholdConfig, load_config
+from raymlc import features, losses, models, scoring, teacher_student, training
+from raymlc.config import DemoConfig, FlaggingConfig, MixtureConfig, TaggerConfig, ThresholdConfig, load_config
+from raymlc.data.dataset import Dataset, load_dataset
 from raymlc.data.demo import make_demo
 from raymlc.data.mixtures import make_fsdd_mixtures
 from raymlc.decision_rules import adaptive, fit_per_class, fit_prior_shift, fixed, per_class, prior_shift
-from raymlc.engine import fit, predict
-from raymlc.flagging import flag_budget, flag_matrix, implicit_negative_counts
-from raymlc.local import Dataset, load_dataset, new_model, window_samples
 from raymlc.metrics import f1_scores
+from raymlc.teacher_student import ModelSpec, loss_mask, top_percent_flags, train_and_score
 from raymlc.thresholds import MemoryBank, fit_thresholds, idf, thresholds_for
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 SPLITS = ("train", "val", "test")
-TRAINING_CODE = (engine, features, inference, losses, models)
+TRAINING_CODE = (features, losses, models, scoring, teacher_student, training)
 Outputs = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (logits [N, C], embeddings [N, E])
 
 
@@ -62,7 +60,7 @@ def log(message: str) -> None:
 # ---------------------------------------------------------------- datasets
 
 
-def demo_config(data_dir: Path, label_source: str) -> RunConfig:
+def demo_config(data_dir: Path, label_source: str) -> TaggerConfig:
     manifest = data_dir / "demo" / "manifest.parquet"
     if not manifest.is_file():
         log(f"making the demo dataset in {manifest.parent}")
@@ -72,7 +70,7 @@ def demo_config(data_dir: Path, label_source: str) -> RunConfig:
     return config
 
 
-def mulan_config(name: str) -> RunConfig | None:
+def mulan_config(name: str) -> TaggerConfig | None:
     path = REPO / "configs" / f"mulan_{name}.yaml"
     if not (SHARED / f"mulan_{name}").is_dir() or not path.is_file():
         return None
@@ -82,7 +80,7 @@ def mulan_config(name: str) -> RunConfig | None:
     return config
 
 
-def fsdd_config(data_dir: Path) -> RunConfig | None:
+def fsdd_config(data_dir: Path) -> TaggerConfig | None:
     recordings = SHARED / "fsdd_dev" / "recordings"
     if not recordings.is_dir():
         return None
@@ -95,8 +93,8 @@ def fsdd_config(data_dir: Path) -> RunConfig | None:
     return config
 
 
-def benchmark_configs(data_dir: Path, names: list[str]) -> dict[str, RunConfig]:
-    builders: dict[str, Callable[[], RunConfig | None]] = {
+def benchmark_configs(data_dir: Path, names: list[str]) -> dict[str, TaggerConfig]:
+    builders: dict[str, Callable[[], TaggerConfig | None]] = {
         "demo-observed": lambda: demo_config(data_dir, "observed"),
         "demo-clean": lambda: demo_config(data_dir, "clean"),
         "emotions": lambda: mulan_config("emotions"),
@@ -116,7 +114,7 @@ def benchmark_configs(data_dir: Path, names: list[str]) -> dict[str, RunConfig]:
 # ---------------------------------------------------------------- models and rules
 
 
-def train_outputs(config: RunConfig, dataset: Dataset, name: str, cache: Path | None) -> Outputs:
+def train_outputs(config: TaggerConfig, dataset: Dataset, name: str, cache: Path | None) -> Outputs:
     """Train a tagger on the train split; its clip-level logits and embeddings on every split.
 
     With `cache`, outputs are stored as `{cache}/{name}-{hash}.npz` and reused; the hash covers the data,
@@ -129,16 +127,9 @@ def train_outputs(config: RunConfig, dataset: Dataset, name: str, cache: Path | 
         log(f"  {name}: reusing the trained model's outputs in {path}")
         with np.load(path) as stored:
             return {s: (stored[f"{s}_logits"], stored[f"{s}_embeddings"]) for s in SPLITS}
-    torch.manual_seed(config.train.seed)
-    model = new_model(config, dataset)
-    window = window_samples(config)
-
-    def report(record: dict) -> None:
-        log(f"  {name} epoch {record['epoch']}/{config.train.epochs}: loss {record['train_loss']:.4f}")
-
-    fit(model, dataset.train, None, config.train, window, on_epoch=report)
-    splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
-    outputs = {s: predict(model, data, config.train.eval_batch_size, window) for s, data in splits.items()}
+    log(f"  {name}: training ({config.train.epochs} epochs)")
+    trained = train_and_score(config, dataset, ModelSpec(name), embeddings=True)
+    outputs = {s: (trained[s], trained[f"{s}_embedding"]) for s in SPLITS}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f"{s}_{kind}": outputs[s][i] for s in SPLITS for i, kind in enumerate(("logits", "embeddings"))}
@@ -183,14 +174,12 @@ def evaluate_rules(dataset: Dataset, bce: Outputs, sigmoid_f1: Outputs, settings
 
 def teacher_student_mask(dataset: Dataset, train_logits: np.ndarray) -> np.ndarray:
     """1 − flags [N_train, C]: the BCE tagger, as its own in-sample teacher, flags the implicit negatives it
-    scores highest (top `FlaggingConfig().percent` % per class, `raymlc.flagging`)."""
-    positives, explicit = dataset.train.targets, dataset.train.explicit_negatives
-    flagging = FlaggingConfig()
-    budget = flag_budget(implicit_negative_counts(positives, explicit), flagging.percent, flagging.top_k)
-    return 1.0 - flag_matrix(train_logits, positives, explicit, budget)
+    scores highest (top `FlaggingConfig().percent` % per class, `raymlc.teacher_student`)."""
+    flags = top_percent_flags(train_logits, dataset.train, FlaggingConfig().percent)
+    return loss_mask(flags, len(dataset.train))
 
 
-def run_dataset(name: str, config: RunConfig, cache: Path | None) -> dict:
+def run_dataset(name: str, config: TaggerConfig, cache: Path | None) -> dict:
     started = time.perf_counter()
     dataset = load_dataset(config)
     log(

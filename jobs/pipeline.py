@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.storage_path:
         config.ray.storage_path = args.storage_path
     from raymlc.data import ManifestError
-    from raymlc.distributed.pipeline import run_pipeline, summary_lines
+    from raymlc.distributed.teacher_student import run_pipeline, summary_lines
 
     try:
         metrics = run_pipeline(config, Path(args.output))

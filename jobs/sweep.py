@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jobs/sweep.py: error: {error}", file=sys.stderr)
         return 2
     from raymlc.data import ManifestError
-    from raymlc.distributed.tune import run_sweep, summary_lines
+    from raymlc.distributed.sweep import run_sweep, summary_lines
 
     try:
         summary = run_sweep(sweep, Path(args.output))

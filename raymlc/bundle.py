@@ -7,7 +7,7 @@
     thresholds.npz    the adaptive-threshold rule: idf, alpha, beta, bias (float32 [C]), lam, k
     memory_bank.npz   the KNN memory bank: embeddings (float16 [M, E], unit norm), targets (uint8 [M, C]), ids
 
-`load_bundle` rebuilds a `Tagger` without the training code (no engine import); `Tagger.tag_waveforms` /
+`load_bundle` rebuilds a `Tagger` without the training code (no `raymlc.training` import); `Tagger.tag_waveforms` /
 `tag_features` are the one batch function the CLI, Ray Data and Serve call.
 """
 
@@ -24,13 +24,14 @@ import torch
 from torch import nn
 
 import raymlc
-from raymlc.config import RunConfig
+from raymlc.config import TaggerConfig
 from raymlc.data import LabelVocabulary
 from raymlc.data.audio import decode_audio
+from raymlc.data.dataset import SplitData
 from raymlc.data.files import resolve
-from raymlc.inference import score_batch
 from raymlc.models import build_model
-from raymlc.thresholds import AdaptiveThresholds, MemoryBank, thresholds_for
+from raymlc.scoring import score_batch
+from raymlc.thresholds import AdaptiveThresholds, FittedThresholds, MemoryBank, thresholds_for
 
 BUNDLE_FORMAT = "raymlc-tagger-bundle"
 BUNDLE_VERSION = 1
@@ -63,7 +64,7 @@ class Tagger:
     def __init__(
         self,
         model: nn.Module,
-        config: RunConfig,
+        config: TaggerConfig,
         vocabulary: LabelVocabulary,
         thresholds: AdaptiveThresholds,
         bank: MemoryBank,
@@ -79,24 +80,20 @@ class Tagger:
     @property
     def is_audio(self) -> bool:
         """True for waveform taggers (CNN), False for feature-vector taggers (MLP)."""
-        return self.config.model.kind == "cnn"
+        return self.config.is_audio
 
     @property
     def sample_rate(self) -> int:
         return self.config.frontend.sample_rate
 
-    @property
-    def window_samples(self) -> int:
-        return round(self.config.frontend.window_seconds * self.config.frontend.sample_rate)
-
     def tag_waveforms(self, waveforms: Sequence[np.ndarray]) -> TagResult:
         """Tag mono waveforms at `sample_rate` (any lengths): each clip is cut into `eval_windows`; its logits
-        are the max and its embedding the mean over its windows (`raymlc.inference.score_batch`)."""
+        are the max and its embedding the mean over its windows (`raymlc.scoring.score_batch`)."""
         if not self.is_audio:
             raise ValueError("this bundle tags feature vectors: use tag_features")
         if not len(waveforms):
             return self._empty()
-        logits, embeddings = score_batch(self.model, waveforms, self.window_samples)
+        logits, embeddings = score_batch(self.model, waveforms, self.config.window_samples)
         return self._result(logits.numpy(), embeddings.numpy())
 
     def tag_features(self, features: np.ndarray) -> TagResult:
@@ -137,7 +134,7 @@ class Tagger:
 def save_bundle(
     uri: str,
     model: nn.Module,
-    config: RunConfig,
+    config: TaggerConfig,
     vocabulary: LabelVocabulary,
     thresholds: AdaptiveThresholds,
     bank: MemoryBank,
@@ -190,7 +187,7 @@ def load_bundle(uri: str) -> Tagger:
             f"{uri}: unsupported bundle {metadata.get('format')!r} version {metadata.get('version')!r} "
             f"(this raymlc reads {BUNDLE_FORMAT!r} version {BUNDLE_VERSION})"
         )
-    config = RunConfig.model_validate(metadata["config"])
+    config = TaggerConfig.model_validate(metadata["config"])
     vocabulary = LabelVocabulary.from_json(read(LABELS).decode())
     model = build_model(config.model, config.frontend, len(vocabulary), metadata["feature_dim"])
     model.load_state_dict(torch.load(io.BytesIO(read(WEIGHTS)), map_location="cpu", weights_only=True))
@@ -199,6 +196,29 @@ def load_bundle(uri: str) -> Tagger:
     with np.load(io.BytesIO(read(BANK)), allow_pickle=False) as arrays:
         bank = MemoryBank(arrays["embeddings"], arrays["targets"], arrays["ids"])
     return Tagger(model, config, vocabulary, thresholds, bank, metadata)
+
+
+def export_bundle(
+    uri: str,
+    model: nn.Module,
+    config: TaggerConfig,
+    vocabulary: LabelVocabulary,
+    fitted: FittedThresholds,
+    splits: dict[str, SplitData],
+    metrics: dict,
+) -> None:
+    """`save_bundle` of a trained tagger with its fitted thresholds and the data summary (manifest, label
+    source, clips per split, threshold fit split)."""
+    data = {
+        "manifest": config.data.manifest,
+        "test_manifest": config.data.test_manifest,
+        "label_source": config.data.label_source,
+        "clips": {name: len(split) for name, split in splits.items()},
+        "threshold_fit_split": fitted.fit_split,
+        "memory_bank_size": len(fitted.bank),
+    }
+    feature_dim = splits["train"].feature_dim
+    save_bundle(uri, model, config, vocabulary, fitted.thresholds, fitted.bank, feature_dim, data, metrics)
 
 
 def _npz(arrays: dict[str, np.ndarray]) -> bytes:

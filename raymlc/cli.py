@@ -7,35 +7,23 @@ import json
 import sys
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from raymlc.config import ConfigError, DemoConfig, MixtureConfig, ServeConfig, load_config
+from raymlc.config import ConfigError, DemoConfig, MixtureConfig, ServeConfig, load_config, load_with_overrides
 from raymlc.data import ManifestError
+from raymlc.metrics import SUMMARY_KEYS, SUMMARY_NAMES
 
-SUMMARY_KEYS = ("map", "d_prime", "lwlrap", "micro_f1", "macro_f1")
+EXTRAS = ("ray", "optuna", "fastapi", "starlette", "uvicorn", "prometheus_client")  # modules of the extras
 
 
 def format_metrics(name: str, metrics: dict) -> str:
     """One line: `name: mAP 0.912  d' 2.71 ...`."""
-    labels = {
-        "map": "mAP",
-        "d_prime": "d'",
-        "lwlrap": "lwlrap",
-        "micro_f1": "micro-F1",
-        "macro_f1": "macro-F1",
-    }
-    return f"{name}: " + "  ".join(f"{labels[key]} {metrics[key]:.3f}" for key in SUMMARY_KEYS)
+    return f"{name}: " + "  ".join(f"{SUMMARY_NAMES[key]} {metrics[key]:.3f}" for key in SUMMARY_KEYS)
 
 
 def cmd_make_demo(args: argparse.Namespace) -> None:
     from raymlc.data.demo import make_demo
 
     overrides = {"seed": args.seed, "drop_fraction": args.drop_fraction, "removal": args.removal}
-    config = load_config(args.config, DemoConfig) if args.config else DemoConfig()
-    try:
-        config = DemoConfig.model_validate(config.model_dump() | {k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as error:
-        raise ConfigError(f"invalid demo option:\n{error}") from None
+    config = load_with_overrides(args.config, DemoConfig, **overrides)
 
     def progress(done: int, total: int) -> None:
         print(f"\rdemo: {done}/{total} clips", end="", file=sys.stderr, flush=True)
@@ -49,13 +37,7 @@ def cmd_make_mixtures(args: argparse.Namespace) -> None:
     from raymlc.data.mixtures import make_fsdd_mixtures
 
     overrides = {"seed": args.seed, "drop_fraction": args.drop_fraction, "removal": args.removal}
-    config = load_config(args.config, MixtureConfig) if args.config else MixtureConfig()
-    try:
-        config = MixtureConfig.model_validate(
-            config.model_dump() | {k: v for k, v in overrides.items() if v is not None}
-        )
-    except ValidationError as error:
-        raise ConfigError(f"invalid mixture option:\n{error}") from None
+    config = load_with_overrides(args.config, MixtureConfig, **overrides)
 
     def progress(done: int, total: int) -> None:
         print(f"\rmixtures: {done}/{total} clips", end="", file=sys.stderr, flush=True)
@@ -66,7 +48,8 @@ def cmd_make_mixtures(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from raymlc.local import BUNDLE, METRICS, train_local
+    from raymlc.scoring import METRICS
+    from raymlc.training import BUNDLE, train_local
 
     config = load_config(args.config)
     if args.manifest:
@@ -79,7 +62,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
-    from raymlc.distributed.pipeline import run_pipeline, summary_lines
+    from raymlc.distributed.teacher_student import run_pipeline, summary_lines
 
     config = load_config(args.config)
     if args.manifest:
@@ -96,7 +79,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     sweep = load_sweep_config(
         args.config, num_trials=args.num_trials, seeds=args.seeds, epochs=args.epochs, storage=args.storage
     )
-    from raymlc.distributed.tune import run_sweep, summary_lines
+    from raymlc.distributed.sweep import run_sweep, summary_lines
 
     output = Path(args.output)
     summary = run_sweep(sweep, output)
@@ -105,10 +88,10 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from raymlc.local import METRICS, evaluate_local
+    from raymlc.scoring import METRICS, evaluate_checkpoint
 
     config = load_config(args.config) if args.config else None
-    metrics = evaluate_local(Path(args.checkpoint), args.split, Path(args.output), config)
+    metrics = evaluate_checkpoint(Path(args.checkpoint), args.split, Path(args.output), config)
     print(format_metrics(args.split, metrics[args.split]))
     print(f"wrote {Path(args.output) / METRICS}")
 
@@ -129,13 +112,13 @@ def positive_float(text: str) -> float:
 
 def format_tags(path: str, names: tuple[str, ...], result, row: int, as_json: bool) -> str:
     """One output line for clip `row` of a `TagResult`: JSON over all labels, or the present tags."""
+    from raymlc.serving.protocol import label_entries
+
     scores, thresholds, present = result.logits[row], result.thresholds[row], result.present[row]
     if as_json:
-        labels = [
-            {"name": name, "score": float(s), "threshold": float(t), "present": bool(p)}
-            for name, s, t, p in zip(names, scores, thresholds, present, strict=True)
-        ]
-        return json.dumps({"file": path, "labels": labels})
+        return json.dumps(
+            {"file": path, "labels": label_entries(names, scores, thresholds, present, range(len(names)))}
+        )
     tags = [f"{names[c]} ({scores[c]:.2f} > {thresholds[c]:.2f})" for c in present.nonzero()[0]]
     return f"{path}: {', '.join(tags) or '(no tags)'}"
 
@@ -175,7 +158,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from raymlc.bundle import BundleError
-    from raymlc.distributed.serve import run_local
+    from raymlc.distributed.serving import run_local
 
     config = ServeConfig(bundle_uri=args.bundle, max_batch_size=args.max_batch_size, max_duration_s=args.max_duration_s)
     try:
@@ -200,7 +183,7 @@ def add_relabel_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_relabel(args: argparse.Namespace) -> int:
     from raymlc.bundle import BundleError
-    from raymlc.distributed.relabel import RelabelError, relabel_config, relabel_manifest
+    from raymlc.distributed.relabeling import RelabelError, relabel_config, relabel_manifest
 
     config = relabel_config(
         args.config, min_actors=args.min_actors, max_actors=args.max_actors, rows_per_part=args.rows_per_part
@@ -351,6 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status = args.run(args)
     except (ConfigError, ManifestError, FileNotFoundError) as error:
+        print(f"raymlc {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:
+        if error.name not in EXTRAS:
+            raise
         print(f"raymlc {args.command}: error: {error}", file=sys.stderr)
         return 2
     return status or 0

@@ -152,7 +152,7 @@ class ThresholdConfig(Strict):
     lr: float = Field(0.05, gt=0)
 
 
-class RunConfig(Strict):
+class TaggerConfig(Strict):
     """What one model needs: data, front end, model, training and thresholds (stored in checkpoints)."""
 
     data: DataConfig
@@ -161,9 +161,20 @@ class RunConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     thresholds: ThresholdConfig = Field(default_factory=ThresholdConfig)
 
-    def core(self) -> RunConfig:
-        """Just the `RunConfig` sections of this config (a `PipelineConfig` drops its Ray sections)."""
-        return RunConfig.model_validate(self.model_dump(include=set(RunConfig.model_fields)))
+    def core(self) -> TaggerConfig:
+        """Just the `TaggerConfig` sections of this config (a `PipelineConfig` drops its Ray sections)."""
+        return TaggerConfig.model_validate(self.model_dump(include=set(TaggerConfig.model_fields)))
+
+    @property
+    def is_audio(self) -> bool:
+        """The one place that decides audio vs features: a CNN takes waveforms (an `audio` manifest) through
+        the front end, an MLP takes feature vectors (a `features` manifest)."""
+        return self.model.kind == "cnn"
+
+    @property
+    def window_samples(self) -> int | None:
+        """Samples per model window for audio models; None for feature models (they take whole feature rows)."""
+        return round(self.frontend.window_seconds * self.frontend.sample_rate) if self.is_audio else None
 
 
 class RayTrainConfig(Strict):
@@ -235,7 +246,7 @@ class FlaggingConfig(Strict):
         return self
 
 
-class PipelineConfig(RunConfig):
+class PipelineConfig(TaggerConfig):
     """`raymlc pipeline`: teacher -> scores -> flags -> student (+ references) on Ray."""
 
     ray: RayTrainConfig = Field(default_factory=RayTrainConfig)
@@ -368,3 +379,13 @@ def load_config(path: str | Path, schema: type[SchemaT] = PipelineConfig) -> Sch
         return schema.model_validate(raw or {})
     except ValidationError as error:
         raise ConfigError(f"{path}: invalid config:\n{error}") from None
+
+
+def load_with_overrides(path: str | Path | None, schema: type[SchemaT], **overrides: object) -> SchemaT:
+    """The config at `path` (the schema's defaults without one) with the command line's non-None `overrides`
+    applied and validated again; errors name the file (or the schema) and the field."""
+    config = load_config(path, schema) if path else schema()
+    try:
+        return schema.model_validate(config.model_dump() | {k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as error:
+        raise ConfigError(f"{path or schema.__name__}: invalid override:\n{error}") from None

@@ -31,11 +31,6 @@ class LogMel(nn.Module):
         self.freq_mask = transforms.FrequencyMasking(config.freq_mask) if config.freq_mask else nn.Identity()
         self.time_mask = transforms.TimeMasking(config.time_mask) if config.time_mask else nn.Identity()
 
-    @property
-    def window_samples(self) -> int:
-        """Number of samples in one model window."""
-        return round(self.config.window_seconds * self.config.sample_rate)
-
     def frames(self, n_samples: int) -> int:
         """Number of spectrogram frames for `n_samples` samples (centered STFT)."""
         return n_samples // self.config.hop_length + 1

@@ -16,16 +16,23 @@ Two streaming passes, never holding the N x C score matrix in one place:
 2. ``TopKFlagger.update`` per block of (row index, scores, labels), keeping at most ``k_c`` candidates
    per class (memory O(sum k_c)); partial flaggers combine with ``merge``; ``result`` gives the flags.
 
-``flag_mask_for`` then rebuilds any block's [n, C] flag mask from the result.
+``flag_mask_for`` then rebuilds any block's [n, C] flag mask from the result. A `FlagResult` is the one
+flag representation of a run: `save_flags` persists it (``flags.parquet``: row index, class index, score;
+the budget in the file's metadata) and every consumer (the student's loss mask, flag quality, the report)
+reads it back with `load_flags`. `flags_from_pairs` builds one from given (row, class) pairs, e.g. the
+perfect mask of the removed labels.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cached_property
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 _SPLITMIX_GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _SPLITMIX_MUL1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -260,6 +267,48 @@ def flag_mask_for(row_index: np.ndarray, result: FlagResult) -> np.ndarray:
     return mask
 
 
+FLAGS_BUDGET_KEY = b"raymlc.flag_budget"
+
+
+def save_flags(result: FlagResult, path: str) -> None:
+    """Write `result` as one Parquet file: a row per flag, class-major in rank order."""
+    rows, classes = result.flag_pairs()
+    table = pa.table({"row_index": rows, "class_index": classes, "score": result.scores})
+    metadata = {FLAGS_BUDGET_KEY: json.dumps(result.budget.tolist()).encode()}
+    pq.write_table(table.replace_schema_metadata(metadata), path)
+
+
+def load_flags(path: str) -> FlagResult:
+    """The `FlagResult` that `save_flags` wrote to `path`."""
+    table = pq.read_table(path)
+    budget = np.array(json.loads(table.schema.metadata[FLAGS_BUDGET_KEY]), dtype=np.int64)
+    counts = np.bincount(table["class_index"].to_numpy(), minlength=len(budget))
+    return FlagResult(
+        budget=budget,
+        offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        rows=table["row_index"].to_numpy().astype(np.int64),
+        scores=table["score"].to_numpy().astype(np.float64),
+    )
+
+
+def flags_from_pairs(
+    rows: np.ndarray, classes: np.ndarray, num_classes: int, scores: np.ndarray | None = None
+) -> FlagResult:
+    """The flags at the given (row, class) pairs, ranked per class by score (default 1) then row; the budget
+    is each class's count."""
+    rows = _as_rows(rows)
+    classes = np.asarray(classes, dtype=np.int64)
+    scores = np.ones(len(rows)) if scores is None else np.asarray(scores, dtype=np.float64)
+    order = np.lexsort((rows, -scores, classes))
+    counts = np.bincount(classes, minlength=num_classes).astype(np.int64)
+    return FlagResult(
+        budget=counts,
+        offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        rows=rows[order],
+        scores=scores[order],
+    )
+
+
 def _splitmix64(x: np.ndarray) -> np.ndarray:
     """SplitMix64 output function of uint64 ``x`` (a bijection with strong avalanche)."""
     z = x + _SPLITMIX_GAMMA
@@ -280,26 +329,20 @@ def random_scores(row_index: np.ndarray, num_classes: int, seed: int) -> np.ndar
     return (hashed >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-def random_flags(
-    positives: np.ndarray,
-    explicit_negatives: np.ndarray,
-    budget: np.ndarray,
-    seed: int,
-) -> np.ndarray:
-    """Random-mask control: bool [N, C] flagging min(k_c, count_c) implicit negatives of each class
-    uniformly at random (rows are 0..N-1; blockwise, feed `random_scores` to a `TopKFlagger`)."""
-    scores = random_scores(np.arange(len(positives)), len(budget), seed)
-    return flag_matrix(scores, positives, explicit_negatives, budget)
-
-
-def flag_matrix(
+def select_top(
     scores: np.ndarray, positives: np.ndarray, explicit_negatives: np.ndarray, budget: np.ndarray
-) -> np.ndarray:
-    """Bool [N, C] flags of a whole in-memory split (rows 0..N-1): per class the top k_c implicit negatives."""
-    rows = np.arange(len(positives))
+) -> FlagResult:
+    """The flags of a whole in-memory split (rows 0..N-1): per class the top k_c implicit negatives."""
     flagger = TopKFlagger(budget)
-    flagger.update(rows, scores, positives, explicit_negatives)
-    return flag_mask_for(rows, flagger.result())
+    flagger.update(np.arange(len(positives)), scores, positives, explicit_negatives)
+    return flagger.result()
+
+
+def random_flags(positives: np.ndarray, explicit_negatives: np.ndarray, budget: np.ndarray, seed: int) -> FlagResult:
+    """Random-mask control: min(k_c, count_c) implicit negatives of each class drawn uniformly at random (rows
+    0..N-1; blockwise, feed `random_scores` to a `TopKFlagger`)."""
+    scores = random_scores(np.arange(len(positives)), len(budget), seed)
+    return select_top(scores, positives, explicit_negatives, budget)
 
 
 def crossfit_folds(n_rows: int, folds: int, seed: int) -> np.ndarray:

@@ -130,6 +130,11 @@ def f1_scores(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float]:
     return float(micro), float(macro)
 
 
+SUMMARY_KEYS = ("map", "d_prime", "lwlrap", "micro_f1", "macro_f1")
+"""The keys of `summarize`, in the order every table and summary line shows them."""
+SUMMARY_NAMES = {"map": "mAP", "d_prime": "d'", "lwlrap": "lwlrap", "micro_f1": "micro-F1", "macro_f1": "macro-F1"}
+
+
 def summarize(y_true: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     """All headline metrics; F1 uses predictions ``scores > threshold`` (scores are probabilities)."""
     micro, macro = f1_scores(y_true, np.asarray(scores) > threshold)
@@ -142,22 +147,34 @@ def summarize(y_true: np.ndarray, scores: np.ndarray, threshold: float = 0.5) ->
     }
 
 
-def flag_precision_recall(flag_mask: np.ndarray, removed_mask: np.ndarray) -> dict[str, int | float | None]:
-    """Precision / recall of flagged missing labels against the labels truly removed.
-
-    Both masks are boolean (or 0/1) arrays of the same shape. Returns ``count`` (number flagged),
-    ``precision`` (None when nothing is flagged) and ``recall`` (None when nothing was removed).
-    """
+def flag_counts(flag_mask: np.ndarray, removed_mask: np.ndarray) -> np.ndarray:
+    """Per class [3, C]: flagged, flagged and removed (hits), removed, of bool (or 0/1) masks [n, C]; the counts
+    of blocks add up, so `flag_quality` of their sum is that of the whole split."""
     flag, removed = np.asarray(flag_mask).astype(bool), np.asarray(removed_mask).astype(bool)
     if flag.shape != removed.shape:
         raise ValueError(f"flag_mask and removed_mask shapes differ: {flag.shape} vs {removed.shape}")
-    count, n_removed = int(flag.sum()), int(removed.sum())
-    hits = int((flag & removed).sum())
-    return {
+    return np.stack([flag.sum(axis=0), (flag & removed).sum(axis=0), removed.sum(axis=0)]).astype(np.int64)
+
+
+def flag_quality(counts: np.ndarray) -> tuple[dict[str, int | float | None], np.ndarray]:
+    """Flag ``count``, ``precision`` (None when nothing is flagged) and ``recall`` (None when nothing was
+    removed) against the labels truly removed, and the per-class precision (NaN for classes without flags),
+    from `flag_counts`."""
+    flagged, hits, removed = (np.asarray(row) for row in counts)
+    count, n_hits, n_removed = int(flagged.sum()), int(hits.sum()), int(removed.sum())
+    summary = {
         "count": count,
-        "precision": hits / count if count else None,
-        "recall": hits / n_removed if n_removed else None,
+        "precision": n_hits / count if count else None,
+        "recall": n_hits / n_removed if n_removed else None,
     }
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.where(flagged > 0, hits / np.maximum(flagged, 1), np.nan)
+    return summary, per_class
+
+
+def flag_precision_recall(flag_mask: np.ndarray, removed_mask: np.ndarray) -> dict[str, int | float | None]:
+    """Precision / recall of flagged missing labels against the labels truly removed (see `flag_quality`)."""
+    return flag_quality(flag_counts(flag_mask, removed_mask))[0]
 
 
 def recovered_fraction(value: float, reference: float, baseline: float) -> float | None:

@@ -10,15 +10,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
-from pydantic import ValidationError
 from torch import nn
 
-from raymlc.calibration import adaptive_f1, fit_tagger_thresholds
-from raymlc.config import ConfigError, FloatRange, PipelineConfig, SearchSpaceConfig, SweepConfig, load_config
+from raymlc.config import FloatRange, PipelineConfig, SearchSpaceConfig, SweepConfig, load_with_overrides
+from raymlc.data.dataset import SplitData
 from raymlc.decision_rules import adaptive
-from raymlc.engine import SplitData, predict
 from raymlc.metrics import f1_scores
-from raymlc.thresholds import MemoryBank, fit_thresholds, idf, thresholds_for
+from raymlc.scoring import predict
+from raymlc.thresholds import MemoryBank, adaptive_f1, fit_tagger_thresholds, fit_thresholds, idf, thresholds_for
 
 FLOAT_PARAMS = ("lr", "lam", "margin", "margin_weight")
 PARAMS = ("discard_percent", "loss", *FLOAT_PARAMS)
@@ -32,11 +31,7 @@ UNTRUSTED_VALIDATION_WARNING = (
 def load_sweep_config(path: str | Path, **overrides: object) -> SweepConfig:
     """A sweep YAML with command-line overrides (a None value keeps the file's), its base config read and
     validated too; errors name the file and the field."""
-    sweep = load_config(path, SweepConfig)
-    try:
-        sweep = SweepConfig.model_validate(sweep.model_dump() | {k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as error:
-        raise ConfigError(f"{path}: invalid override:\n{error}") from None
+    sweep = load_with_overrides(path, SweepConfig, **overrides)
     sweep.student_epochs(sweep.pipeline())
     return sweep
 
@@ -121,15 +116,14 @@ def validation_macro_f1(
     train: SplitData,
     val: SplitData,
     config: PipelineConfig,
-    window_samples: int | None,
     mask: np.ndarray | None = None,
 ) -> float:
     """Macro-F1 on val of the adaptive thresholds (the config's λ, Δ, weight), never judged on clips it
     was fitted on: fitted on train (`fit_split: train`, with `mask`) or, for `fit_split: val`, 2-fold
     cross-fitted on val (each half judged by thresholds fitted on the other half)."""
-    settings, batch = config.thresholds, config.train.eval_batch_size
+    settings, batch, window_samples = config.thresholds, config.train.eval_batch_size, config.window_samples
     if settings.fit_split == "train":
-        fitted = fit_tagger_thresholds(model, train, val, config, window_samples, mask)
+        fitted = fit_tagger_thresholds(model, train, val, config, mask)
         return adaptive_f1(model, fitted, val, batch, window_samples)["macro_f1"]
     if len(val) < 2:
         raise ValueError(f"cross-fitting thresholds on val needs at least 2 val clips, got {len(val)}")

@@ -30,8 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raymlc.config import ThresholdConfig
+from raymlc.config import TaggerConfig, ThresholdConfig
+from raymlc.data.dataset import SplitData
+from raymlc.decision_rules import adaptive
 from raymlc.losses import masked_bce
+from raymlc.metrics import f1_scores
+from raymlc.scoring import predict
 
 QUERY_CHUNK = 1024
 """Queries per block in `MemoryBank.knn_signal` (bounds the [chunk, bank] similarity matrix)."""
@@ -194,3 +198,53 @@ def fit_thresholds(
         loss.backward()
         optimizer.step()
     return module.eval()
+
+
+@dataclass
+class FittedThresholds:
+    """The memory bank of a tagger's training clips, the fitted rule, and the split it was fitted on."""
+
+    bank: MemoryBank
+    thresholds: AdaptiveThresholds
+    fit_split: str
+
+
+def fit_tagger_thresholds(
+    model: nn.Module, train: SplitData, val: SplitData, config: TaggerConfig, mask: np.ndarray | None = None
+) -> FittedThresholds:
+    """Build the bank from a frozen tagger's training-clip embeddings and fit α, β, b on
+    `config.thresholds.fit_split`.
+
+    "val" uses the validation clips (neighbours from the training bank; falls back to "train" when val is
+    empty); "train" uses the training clips, each excluded from its own neighbours, with `mask` (e.g.
+    1 − teacher–student flags, [N_train, C]) marking the entries that count.
+    """
+    settings, batch, window = config.thresholds, config.train.eval_batch_size, config.window_samples
+    train_logits, train_embeddings = predict(model, train, batch, window)
+    bank = MemoryBank.build(train_embeddings, train.targets, settings.bank_size, settings.bank_seed)
+    train_idf = idf(train.targets)
+    if settings.fit_split == "val" and len(val):
+        logits, embeddings = predict(model, val, batch, window)
+        module = fit_thresholds(logits, embeddings, val.targets, bank, train_idf, settings)
+        return FittedThresholds(bank, module, "val")
+    module = fit_thresholds(
+        train_logits,
+        train_embeddings,
+        train.targets,
+        bank,
+        train_idf,
+        settings,
+        exclude=np.arange(len(train)),
+        mask=mask,
+    )
+    return FittedThresholds(bank, module, "train")
+
+
+def adaptive_f1(
+    model: nn.Module, fitted: FittedThresholds, data: SplitData, batch_size: int, window_samples: int | None
+) -> dict[str, float]:
+    """Micro and macro F1 of the adaptive-threshold decisions on `data`."""
+    logits, embeddings = predict(model, data, batch_size, window_samples)
+    theta = thresholds_for(fitted.thresholds, fitted.bank, embeddings)
+    micro, macro = f1_scores(data.targets, adaptive(logits, theta))
+    return {"micro_f1": micro, "macro_f1": macro}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -52,12 +53,14 @@ def test_cloud_cluster_config_is_valid_for_the_launcher() -> None:
     cpu = [spec for spec in workers.values() if spec["resources"].get("GPU", 0) == 0]
     assert gpu and cpu
     assert all(0 <= spec["min_workers"] <= spec["max_workers"] for spec in workers.values())
-    # Every node type pip-installs this checkout (~/raymlc) under the pinned constraints, after its torch.
+    # Every node type pip-installs this checkout (~/raymlc) with the Ray extra under the pinned constraints,
+    # after its torch.
     node_commands = [config["head_setup_commands"]]
     node_commands += [spec.get("worker_setup_commands", config["worker_setup_commands"]) for spec in workers.values()]
+    checkout = re.compile(r'-e "?(~|\$HOME)/raymlc\[ray\]"?$')
     for commands in node_commands:
         torch_step = next(i for i, c in enumerate(commands) if "pip install" in c and "torch==" in c)
-        raymlc_step = next(i for i, c in enumerate(commands) if "pip install" in c and c.endswith("-e ~/raymlc"))
+        raymlc_step = next(i for i, c in enumerate(commands) if "pip install" in c and checkout.search(c))
         assert torch_step < raymlc_step and "constraints" in commands[raymlc_step]
     assert "torch==2.11.0 torchaudio==2.11.0" in "\n".join(gpu[0]["worker_setup_commands"])
     assert "download.pytorch.org/whl/cpu torch==2.13.0" in "\n".join(config["setup_commands"])

@@ -13,9 +13,13 @@ from raymlc.flagging import (
     crossfit_folds,
     flag_budget,
     flag_mask_for,
+    flags_from_pairs,
     implicit_negative_counts,
+    load_flags,
     random_flags,
     random_scores,
+    save_flags,
+    select_top,
 )
 
 
@@ -239,20 +243,69 @@ def test_flag_mask_for_matches_the_flag_pairs_blockwise(seed):
 def test_random_flags_counts_and_disjointness(seed):
     case = _case(seed)
     budget = flag_budget(_counts(case), percent=25)
-    mask = random_flags(case["positives"], case["explicit"], budget, seed=seed)
+    n = len(case["rows"])
+    result = random_flags(case["positives"], case["explicit"], budget, seed=seed)
+    np.testing.assert_array_equal(result.budget, budget)
+    mask = flag_mask_for(np.arange(n), result)
     np.testing.assert_array_equal(mask.sum(axis=0), budget)
+    np.testing.assert_array_equal(result.counts, budget)
     assert not (mask & (case["positives"] | case["explicit"])).any()
-    np.testing.assert_array_equal(mask, random_flags(case["positives"], case["explicit"], budget, seed))
-    assert not np.array_equal(mask, random_flags(case["positives"], case["explicit"], budget, seed + 1))
+    again = random_flags(case["positives"], case["explicit"], budget, seed)
+    np.testing.assert_array_equal(flag_mask_for(np.arange(n), again), mask)
+    other = random_flags(case["positives"], case["explicit"], budget, seed + 1)
+    assert not np.array_equal(flag_mask_for(np.arange(n), other), mask)
 
 
 def test_random_flags_are_uniform_over_implicit_negatives():
     n, trials = 40, 400
     no_labels = np.zeros((n, 1), dtype=bool)
-    hits = sum(random_flags(no_labels, no_labels, np.array([10]), seed)[:, 0] for seed in range(trials))
+    hits = sum(
+        flag_mask_for(np.arange(n), random_flags(no_labels, no_labels, np.array([10]), seed))[:, 0]
+        for seed in range(trials)
+    )
     expected = trials * 10 / n
     # Each row's hit count is Binomial(400, 1/4): sd ~8.7; 5 sd bounds.
     assert np.abs(hits - expected).max() < 5 * np.sqrt(trials * 0.25 * 0.75)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_select_top_matches_brute_force_on_rows_0_to_n(seed):
+    case = _case(seed, decimals=1)
+    case["rows"] = np.arange(len(case["rows"]))  # select_top numbers the rows of the split 0..N-1
+    budget = flag_budget(_counts(case), percent=20)
+    result = select_top(case["scores"], case["positives"], case["explicit"], budget)
+    np.testing.assert_array_equal(result.budget, budget)
+    _assert_matches(result, _reference(case, budget))
+
+
+def test_saved_flags_load_back_identical(tmp_path):
+    case = _case(4, decimals=1)
+    budget = flag_budget(_counts(case), top_k=6)
+    flagger = TopKFlagger(budget)
+    flagger.update(case["rows"], case["scores"], case["positives"], case["explicit"])
+    result = flagger.result()
+    save_flags(result, str(tmp_path / "flags.parquet"))
+    loaded = load_flags(str(tmp_path / "flags.parquet"))
+    for name in ("budget", "offsets", "rows", "scores"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(result, name), err_msg=name)
+    np.testing.assert_array_equal(flag_mask_for(case["rows"], loaded), flag_mask_for(case["rows"], result))
+    empty = TopKFlagger(np.zeros(3, np.int64)).result()  # no flags at all still round-trips its classes
+    save_flags(empty, str(tmp_path / "empty.parquet"))
+    assert load_flags(str(tmp_path / "empty.parquet")).num_classes == 3
+
+
+def test_flags_from_pairs_flags_exactly_the_pairs():
+    rows, classes = np.array([4, 1, 4, 0, 2]), np.array([2, 0, 0, 2, 2])
+    result = flags_from_pairs(rows, classes, num_classes=4)
+    np.testing.assert_array_equal(result.budget, [2, 0, 3, 0])
+    np.testing.assert_array_equal(result.class_rows(0), [1, 4])  # equal scores: ranked by row
+    np.testing.assert_array_equal(result.class_rows(2), [0, 2, 4])
+    expected = np.zeros((5, 4), dtype=bool)
+    expected[rows, classes] = True
+    np.testing.assert_array_equal(flag_mask_for(np.arange(5), result), expected)
+    scored = flags_from_pairs(rows, classes, 4, scores=np.array([0.1, 0.2, 0.9, 0.3, 0.5]))
+    np.testing.assert_array_equal(scored.class_rows(2), [2, 0, 4])
+    np.testing.assert_array_equal(scored.class_scores(2), [0.5, 0.3, 0.1])
 
 
 def test_random_scores_do_not_depend_on_blocking():

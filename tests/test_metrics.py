@@ -124,6 +124,18 @@ def test_flag_precision_recall() -> None:
         metrics.flag_precision_recall(flagged, removed[:1])
 
 
+def test_flag_quality_of_blocks_adds_up_to_the_whole_split() -> None:
+    rng = np.random.default_rng(3)
+    flagged, removed = rng.random((50, 4)) < 0.2, rng.random((50, 4)) < 0.3
+    blocks = sum(metrics.flag_counts(flagged[lo : lo + 7], removed[lo : lo + 7]) for lo in range(0, 50, 7))
+    summary, per_class = metrics.flag_quality(blocks)
+    assert summary == metrics.flag_precision_recall(flagged, removed)
+    for c in range(4):  # per class: hits / flagged, by a plain loop
+        hits = sum(1 for r in range(50) if flagged[r, c] and removed[r, c])
+        assert per_class[c] == pytest.approx(hits / flagged[:, c].sum())
+    assert np.isnan(metrics.flag_quality(metrics.flag_counts(np.zeros((2, 2)), np.ones((2, 2))))[1]).all()
+
+
 @pytest.mark.parametrize(
     ("y", "other"),
     [

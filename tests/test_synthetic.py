@@ -12,6 +12,7 @@ from raymlc.data.synthetic import (
     calibrated_probabilities,
     explicit_negatives,
     overlaps,
+    remove_positives,
     removed_labels,
     systematic_sample,
 )
@@ -62,3 +63,17 @@ def test_explicit_negatives_are_absent_classes_at_the_given_rate():
     drawn = [explicit_negatives({"0"}, classes, 0.5, rng) for _ in range(400)]
     assert 0.4 < np.mean([bool(d) for d in drawn]) < 0.6
     assert all(len(d) == EXPLICIT_NEGATIVES and "0" not in d and d == sorted(d) for d in drawn if d)
+
+
+@pytest.mark.parametrize("removal", ["random", "structured"])
+def test_remove_positives_takes_the_fraction_of_positives_only(removal: str) -> None:
+    rng = np.random.default_rng(0)
+    busy = rng.random((400, 6)) < np.linspace(0.05, 0.8, 400)[:, None]  # later clips carry more labels
+    removed = remove_positives(busy.astype(np.float32), removal, 0.3, np.random.default_rng(1))
+    assert not (removed & ~busy).any()
+    assert abs(removed.sum() - 0.3 * busy.sum()) <= 1  # systematic sampling: floor or ceil of the expectation
+    share = [removed[rows].sum() / busy[rows].sum() for rows in (slice(0, 200), slice(200, 400))]
+    if removal == "structured":  # busier clips lose a larger share of their labels
+        assert share[1] > share[0] + 0.05
+    else:
+        assert abs(share[1] - share[0]) < 0.1

@@ -11,20 +11,20 @@ import pytest
 import torch
 
 from raymlc.bundle import load_bundle
-from raymlc.calibration import fit_tagger_thresholds
-from raymlc.config import RunConfig, ThresholdConfig
+from raymlc.config import TaggerConfig, ThresholdConfig
 from raymlc.data import normalize_manifest
-from raymlc.engine import SplitData
-from raymlc.local import BUNDLE, train_local
+from raymlc.data.dataset import SplitData
 from raymlc.models import FeatureMLP
 from raymlc.thresholds import (
     AdaptiveThresholds,
     MemoryBank,
     adaptive_threshold_loss,
+    fit_tagger_thresholds,
     fit_thresholds,
     idf,
     thresholds_for,
 )
+from raymlc.training import BUNDLE, train_local
 
 
 def knn_reference(bank: MemoryBank, queries: np.ndarray, k: int, exclude=None) -> np.ndarray:
@@ -175,7 +175,7 @@ def write_manifest(path: Path, test_labels: str) -> str:
 def test_test_labels_never_reach_predictions_or_thresholds(tmp_path: Path, fit_split: str) -> None:
     outputs = []
     for variant in ("keep", "shuffle", "remove"):
-        config = RunConfig.model_validate(
+        config = TaggerConfig.model_validate(
             {
                 "data": {"manifest": write_manifest(tmp_path / f"{variant}.parquet", variant)},
                 "model": {"kind": "mlp", "hidden": [16], "embedding_dim": 8},
@@ -201,7 +201,7 @@ def test_val_fit_falls_back_to_train_without_a_val_split() -> None:
     features, targets = rng.normal(size=(20, 4)).astype(np.float32), (rng.random((20, 2)) < 0.5)
     train = SplitData([f"c{i}" for i in range(20)], features, targets.astype(np.float32), targets, targets)
     empty = SplitData([], features[:0], targets[:0].astype(np.float32), targets[:0], targets[:0])
-    config = RunConfig.model_validate(
+    config = TaggerConfig.model_validate(
         {
             "data": {"manifest": "unused"},
             "model": {"kind": "mlp", "hidden": [8], "embedding_dim": 4},
@@ -209,5 +209,5 @@ def test_val_fit_falls_back_to_train_without_a_val_split() -> None:
         }
     )
     model = FeatureMLP(4, config.model, 2)
-    fitted = fit_tagger_thresholds(model, train, empty, config, None)
+    fitted = fit_tagger_thresholds(model, train, empty, config)
     assert fitted.fit_split == "train" and len(fitted.bank) == 15

@@ -91,3 +91,13 @@ def test_json_round_trip_and_equality() -> None:
     assert vocabulary != ["b", "a", "Swainson's Thrush"]
     with pytest.raises(ValueError, match="labels"):
         LabelVocabulary.from_json('["a"]')
+
+
+def test_encode_pairs_lists_the_entries_of_the_multi_hot_matrix() -> None:
+    vocabulary = LabelVocabulary(["a", "b", "c"])
+    lists = [["c", "a"], [], None, ["b"]]
+    rows, columns = vocabulary.encode_pairs(pa.chunked_array([pa.array(lists[:2]), pa.array(lists[2:])]))
+    dense = vocabulary.encode(lists)
+    assert sorted(zip(rows.tolist(), columns.tolist(), strict=True)) == [tuple(p) for p in np.argwhere(dense).tolist()]
+    with pytest.raises(ManifestError, match="unknown label 'z'"):
+        vocabulary.encode_pairs(pa.array([["a"], ["z"]]))

@@ -1,7 +1,8 @@
-"""Opening manifest files by local path or by URI (s3://, gs://, file://...) through pyarrow.fs."""
+"""Files by local path or by URI (s3://, gs://, file://...) through pyarrow.fs."""
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 from urllib.parse import urlsplit, urlunsplit
@@ -13,11 +14,22 @@ def is_uri(path_or_uri: str) -> bool:
     return "://" in path_or_uri
 
 
+def absolute(path_or_uri: str) -> str:
+    """Local paths made absolute (Ray workers run in other working directories); URIs as given."""
+    return path_or_uri if is_uri(path_or_uri) else os.path.abspath(os.path.expanduser(path_or_uri))
+
+
+def write_json(path: os.PathLike | str, payload: dict) -> None:
+    """`payload` as indented JSON with a final newline."""
+    with open(path, "w") as file:
+        file.write(json.dumps(payload, indent=2) + "\n")
+
+
 def resolve(path_or_uri: str) -> tuple[FileSystem, str]:
     """The filesystem holding `path_or_uri` and the path inside it (absolute for local paths)."""
     if is_uri(path_or_uri):
         return FileSystem.from_uri(path_or_uri)
-    return LocalFileSystem(), os.path.abspath(os.path.expanduser(path_or_uri))
+    return LocalFileSystem(), absolute(path_or_uri)
 
 
 def open_text(path_or_uri: str) -> str:

@@ -1,5 +1,5 @@
-"""What the generated datasets (the demo, the FSDD mixtures) share: rendering every clip of every split in
-threads, calibrated label removal, explicit negatives and the written manifest."""
+"""What the generated datasets (the demo, the FSDD mixtures) and the benchmarks' label removal share: rendering
+every clip of every split in threads, calibrated label removal, explicit negatives and the written manifest."""
 
 from __future__ import annotations
 
@@ -109,3 +109,15 @@ def explicit_negatives(present: set[str], classes: Sequence[str], rate: float, r
     absent = [name for name in classes if name not in present]
     chosen = rng.choice(len(absent), min(EXPLICIT_NEGATIVES, len(absent)), replace=False)
     return [absent[i] for i in sorted(chosen)]
+
+
+def remove_positives(targets: np.ndarray, removal: str, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Bool [N, C]: the positives of `targets` to remove, `fraction` of them (to within one): uniformly
+    (`random`), or `structured`, with drop odds growing as the square of the clip's number of labels (busy
+    clips lose labels more often, as in AudioSet's nomination failures)."""
+    rows, columns = np.nonzero(targets)
+    scores = np.zeros(len(rows)) if removal == "random" else 2 * np.log(targets.sum(axis=1)[rows])
+    dropped = systematic_sample(calibrated_probabilities(scores, fraction), rng)
+    removed = np.zeros(targets.shape, dtype=bool)
+    removed[rows[dropped], columns[dropped]] = True
+    return removed

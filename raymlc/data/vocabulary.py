@@ -88,6 +88,18 @@ class LabelVocabulary:
                 matrix[row, column] = 1.0
         return matrix
 
+    def encode_pairs(self, label_lists: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """(row int64 [P], column int64 [P]) of every label in a list column, without a dense [N, C] matrix;
+        an unknown label raises ManifestError naming it."""
+        column = label_lists.combine_chunks() if isinstance(label_lists, pa.ChunkedArray) else label_lists
+        rows = pc.list_parent_indices(column).to_numpy(zero_copy_only=False).astype(np.int64)
+        names = pc.list_flatten(column).to_pylist()
+        try:
+            columns = np.fromiter((self._index[name] for name in names), np.int64, len(names))
+        except KeyError as error:
+            raise ManifestError(f"unknown label {error.args[0]!r} (not in the vocabulary)") from None
+        return rows, columns
+
     def decode(self, row: np.ndarray) -> list[str]:
         """Names of the labels set in a 0/1 row of length C, in vocabulary order."""
         values = np.asarray(row)

@@ -17,8 +17,8 @@ from private_cluster import private_cluster
 
 from raymlc.config import PipelineConfig
 from raymlc.data import LabelVocabulary
-from raymlc.distributed.train import train_distributed
-from raymlc.local import load_manifest_table
+from raymlc.data.dataset import load_manifest_table
+from raymlc.distributed.training import train_distributed
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""`raymlc pipeline`: teacher (Ray Train) -> scores (Ray Data) -> flags -> student, with references.
+"""`raymlc pipeline`: teacher (Ray Train) -> scores (Ray Data) -> flags -> student, with references: the Ray
+stages of `raymlc.teacher_student`, whose models, flag rules and summary numbers it shares.
 
 Scores are the teacher's in-sample scores, or with `flagging.crossfit_folds = k` out-of-sample scores: k
 extra teachers, each trained without one fold of the train split and scoring only that fold. After the
@@ -21,20 +22,25 @@ import pyarrow.parquet as pq
 import yaml
 from scipy.special import expit
 
-from raymlc.calibration import export_bundle, fit_tagger_thresholds
+from raymlc.bundle import export_bundle
+from raymlc.checkpoint import CHECKPOINT, load_checkpoint
 from raymlc.config import PipelineConfig
 from raymlc.data import LabelVocabulary
+from raymlc.data.dataset import load_manifest_table, load_split
+from raymlc.data.files import write_json
 from raymlc.distributed.cluster import ensure_ray
-from raymlc.distributed.flag import select_flags, write_enhanced_labels
-from raymlc.distributed.report import write_report
-from raymlc.distributed.score import read_rejects, score_manifest
-from raymlc.distributed.train import train_distributed
-from raymlc.engine import load_split, predict
-from raymlc.flagging import FlagResult, crossfit_folds
-from raymlc.local import BUNDLE, CHECKPOINT, load_checkpoint, load_manifest_table, window_samples, write_json
-from raymlc.metrics import average_precision_per_class, flag_precision_recall, recovered_fraction, summarize
+from raymlc.distributed.flagging import flag_counts_local, select_flags, write_enhanced_labels
+from raymlc.distributed.scoring import read_rejects, score_manifest
+from raymlc.distributed.training import train_distributed
+from raymlc.flagging import FlagResult, crossfit_folds, flags_from_pairs, load_flags, save_flags
+from raymlc.metrics import SUMMARY_KEYS, SUMMARY_NAMES, average_precision_per_class, flag_quality, summarize
+from raymlc.report import write_report
+from raymlc.scoring import predict
+from raymlc.teacher_student import MODELS, recovered
+from raymlc.thresholds import fit_tagger_thresholds
+from raymlc.training import BUNDLE
 
-MODELS = ("teacher", "student", "perfect_mask", "oracle")
+FLAGS = "flags.parquet"
 
 
 class RunDirectory:
@@ -85,11 +91,10 @@ def _train_model(
     run.mark_done(name)
 
 
-def _perfect_flags(train_rows: pa.Table, path: Path) -> Path:
-    """Flags that mask exactly the removed labels (the perfect-mask reference)."""
-    path.mkdir(parents=True, exist_ok=True)
-    flags = pa.table({"clip_id": train_rows["clip_id"], "flagged": train_rows["removed_labels"]})
-    pq.write_table(flags, path / "flags.parquet")
+def _perfect_flags(train_rows: pa.Table, vocabulary: LabelVocabulary, path: Path) -> Path:
+    """Flags that mask exactly the removed labels (the perfect-mask reference), saved like the teacher's."""
+    rows, classes = vocabulary.encode_pairs(train_rows["removed_labels"])
+    save_flags(flags_from_pairs(rows, classes, len(vocabulary)), str(path))
     return path
 
 
@@ -126,18 +131,6 @@ def _top_flags(result: FlagResult, train_rows: pa.Table, vocabulary: LabelVocabu
     return pa.Table.from_pylist(records, schema=schema)
 
 
-def _flag_quality(flags_dir: Path, vocabulary: LabelVocabulary) -> tuple[dict, np.ndarray]:
-    """Flag count/precision/recall against `removed_labels`, and per-class precision."""
-    table = pq.read_table(flags_dir, columns=["clip_id", "flagged", "removed_labels"])
-    ids = table["clip_id"].to_pylist()
-    flagged = vocabulary.encode(table["flagged"].to_pylist(), ids).astype(bool)
-    removed = vocabulary.encode(table["removed_labels"].to_pylist(), ids).astype(bool)
-    hits = (flagged & removed).sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_class = np.where(flagged.sum(axis=0) > 0, hits / flagged.sum(axis=0), np.nan)
-    return flag_precision_recall(flagged, removed), per_class
-
-
 def run_pipeline(config: PipelineConfig, output: Path, log: Callable[[str], None] = print) -> dict:
     """Run every stage into `output`; returns (and writes) `metrics.json`."""
     ensure_ray()
@@ -151,11 +144,12 @@ def run_pipeline(config: PipelineConfig, output: Path, log: Callable[[str], None
 
     scores_dir = teacher_scores(config, run, train_rows, vocabulary, log)
 
-    flags_dir = output / "flags"
+    flags = output / FLAGS
     if not run.done("flags"):
         log("flags: per-class top implicit negatives by teacher score")
         result = select_flags(scores_dir, vocabulary, config.flagging)
-        write_enhanced_labels(scores_dir, vocabulary, result, flags_dir)
+        save_flags(result, str(flags))
+        write_enhanced_labels(scores_dir, vocabulary, result, output / "flags")
         counts = pa.table({"label": list(vocabulary.names), "budget": result.budget, "flagged": result.counts})
         pq.write_table(counts, output / "flag_counts.parquet")
         pq.write_table(
@@ -166,13 +160,13 @@ def run_pipeline(config: PipelineConfig, output: Path, log: Callable[[str], None
 
     student_config = config.model_copy(deep=True)
     student_config.train.loss = config.student_loss
-    _train_model(student_config, run, "student", vocabulary, log, flags=flags_dir)
+    _train_model(student_config, run, "student", vocabulary, log, flags=flags)
     if has_removed and config.references:
-        perfect = _perfect_flags(train_rows, output / "perfect_flags")
+        perfect = _perfect_flags(train_rows, vocabulary, output / "perfect_flags.parquet")
         _train_model(student_config, run, "perfect_mask", vocabulary, log, flags=perfect)
         _train_model(config, run, "oracle", vocabulary, log, label_source="clean")
 
-    metrics = _evaluate_models(config, run, table, vocabulary, has_removed, flags_dir)
+    metrics = _evaluate_models(config, run, table, vocabulary, has_removed, scores_dir, load_flags(str(flags)))
     write_json(output / "metrics.json", metrics)
     if not run.done(BUNDLE):
         log(f"{BUNDLE}: fitting the student's adaptive thresholds, writing {output / BUNDLE}")
@@ -212,11 +206,10 @@ def _score_train_split(
     log: Callable[[str], None],
 ) -> None:
     """Teacher scores of the train split: in-sample, or each fold by the teacher trained without it."""
-    rate = config.frontend.sample_rate
     folds = config.flagging.crossfit_folds
     if not folds:
         log("scores: teacher scoring the train split on Ray Data")
-        score_manifest(train_rows, str(run.model("teacher")), scores_dir, config.scoring, rate)
+        score_manifest(train_rows, str(run.model("teacher")), scores_dir, config.scoring)
         return
     log(f"scores: cross-fitting, {folds} teachers each scoring the fold it did not see")
     fold_of_row = crossfit_folds(len(train_rows), folds, config.train.seed)
@@ -224,9 +217,7 @@ def _score_train_split(
     for fold in range(folds):
         _train_model(config, run, f"teacher-fold{fold}", vocabulary, log, holdout_fold=fold)
         held_out = rows.filter(pa.array(fold_of_row == fold))
-        score_manifest(
-            held_out, str(run.model(f"teacher-fold{fold}")), scores_dir / f"fold{fold}", config.scoring, rate
-        )
+        score_manifest(held_out, str(run.model(f"teacher-fold{fold}")), scores_dir / f"fold{fold}", config.scoring)
 
 
 def _export_student_bundle(
@@ -234,9 +225,8 @@ def _export_student_bundle(
 ) -> None:
     """The student's tagger bundle (`DIR/bundle/`): adaptive thresholds fitted on the frozen student."""
     model, _, _ = load_checkpoint(run.model("student"))
-    frontend = config.frontend if "features" not in table.column_names else None
-    splits = {name: load_split(table, vocabulary, name, frontend) for name in ("train", "val")}
-    fitted = fit_tagger_thresholds(model.eval(), splits["train"], splits["val"], config, window_samples(config))
+    splits = {name: load_split(table, vocabulary, name, config) for name in ("train", "val")}
+    fitted = fit_tagger_thresholds(model.eval(), splits["train"], splits["val"], config)
     export_bundle(str(run.root / BUNDLE), model, config, vocabulary, fitted, splits, {"test": test_metrics})
 
 
@@ -246,12 +236,12 @@ def _evaluate_models(
     table: pa.Table,
     vocabulary: LabelVocabulary,
     has_removed: bool,
-    flags_dir: Path,
+    scores_dir: Path,
+    flags: FlagResult,
 ) -> dict:
     """Test metrics of every trained model on the clean test split, flag quality and gain fractions."""
-    frontend = config.frontend if "features" not in table.column_names else None
-    test = load_split(table, vocabulary, "test", frontend, label_source="clean")
-    window = window_samples(config)
+    test = load_split(table, vocabulary, "test", config, label_source="clean")
+    window = config.window_samples
     metrics: dict = {"per_class_ap": {}}
     for name in MODELS:
         if not run.model(name).exists():
@@ -259,15 +249,12 @@ def _evaluate_models(
             continue
         model, _, _ = load_checkpoint(run.model(name))
         logits, _ = predict(model, test, config.train.eval_batch_size, window)
-        metrics[name] = summarize(test.targets, expit(logits))  # what engine.evaluate computes
+        metrics[name] = summarize(test.targets, expit(logits))  # what scoring.evaluate computes
         metrics["per_class_ap"][name] = average_precision_per_class(test.targets, logits).tolist()
-    flags, per_class_precision = _flag_quality(flags_dir, vocabulary)
-    metrics["flags"] = flags if has_removed else {"count": flags["count"], "precision": None, "recall": None}
+    quality, per_class_precision = flag_quality(flag_counts_local(scores_dir, vocabulary, flags))
+    metrics["flags"] = quality if has_removed else {"count": quality["count"], "precision": None, "recall": None}
     metrics["flag_precision_per_class"] = per_class_precision.tolist() if has_removed else None
-    teacher, student = metrics["teacher"]["map"], metrics["student"]["map"]
-    oracle, perfect = metrics.get("oracle"), metrics.get("perfect_mask")
-    metrics["gap_recovered"] = recovered_fraction(student, oracle["map"], teacher) if oracle else None
-    metrics["gain_fraction"] = recovered_fraction(student, perfect["map"], teacher) if perfect else None
+    metrics |= recovered({name: metrics[name]["map"] for name in MODELS if metrics[name]})
     metrics["rejects"] = pq.read_metadata(run.root / "rejects.parquet").num_rows
     return metrics
 
@@ -277,11 +264,8 @@ def summary_lines(metrics: dict) -> list[str]:
     lines = []
     for name in MODELS:
         if metrics.get(name):
-            m = metrics[name]
-            lines.append(
-                f"{name:>12}: mAP {m['map']:.3f}  d' {m['d_prime']:.3f}  lwlrap {m['lwlrap']:.3f}  "
-                f"micro-F1 {m['micro_f1']:.3f}  macro-F1 {m['macro_f1']:.3f}"
-            )
+            values = "  ".join(f"{SUMMARY_NAMES[key]} {metrics[name][key]:.3f}" for key in SUMMARY_KEYS)
+            lines.append(f"{name:>12}: {values}")
     flags = metrics["flags"]
     precision = "n/a" if flags["precision"] is None else f"{flags['precision']:.3f}"
     recall = "n/a" if flags["recall"] is None else f"{flags['recall']:.3f}"

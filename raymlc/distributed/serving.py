@@ -1,4 +1,4 @@
-"""Ray Serve deployment of the tagger HTTP API (`raymlc.service`).
+"""Ray Serve deployment of the tagger HTTP API (`raymlc.serving.app`).
 
 Each replica builds the FastAPI app around itself: requests are parsed and decoded in the replica, then
 grouped by `@serve.batch` into one `Tagger.tag` call. The deployment's `user_config` is a `ServeConfig`;
@@ -29,8 +29,8 @@ from ray.serve import metrics as ray_metrics
 from ray.serve.config import AutoscalingConfig
 
 from raymlc.config import ServeConfig
-from raymlc.service import BATCH_BUCKETS, LATENCY_BUCKETS, TaggerMetrics, build_api
-from raymlc.serving import ServedModel, TagRow, tag_inputs
+from raymlc.serving.app import BATCH_BUCKETS, LATENCY_BUCKETS, TaggerMetrics, build_api
+from raymlc.serving.protocol import ServedModel, TagRow, tag_inputs
 
 APP_NAME = "tagger"
 logger = logging.getLogger("ray.serve")
@@ -98,7 +98,7 @@ def load_and_probe(uri: str) -> ServedModel:
 )
 @serve.ingress()
 class TaggerDeployment:
-    """One replica: the tagger API (`raymlc.service.build_api`) around a dynamically batched model."""
+    """One replica: the tagger API (`raymlc.serving.app.build_api`) around a dynamically batched model."""
 
     def __init__(self) -> None:
         self.config: ServeConfig | None = None

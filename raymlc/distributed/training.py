@@ -1,4 +1,4 @@
-"""Ray Train: the core training loop (`raymlc.engine`) under a `TorchTrainer` with DDP and checkpoints.
+"""Ray Train: the core training loop (`raymlc.training`) under a `TorchTrainer` with DDP and checkpoints.
 
 Each worker decodes only its shard of the train split (rank, rank + W, ... padded so every worker runs
 the same number of steps). Rank 0 evaluates on val and writes a checkpoint every epoch (model,
@@ -20,25 +20,18 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray.train
 import torch
 from ray.train.torch import TorchTrainer, prepare_model
 
-from raymlc.config import PipelineConfig, RunConfig
+from raymlc.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from raymlc.config import PipelineConfig, TaggerConfig
 from raymlc.data import LabelVocabulary
-from raymlc.engine import (
-    cosine_lr,
-    evaluate,
-    iterate_batches,
-    load_split,
-    make_loss,
-    make_optimizer,
-    train_epoch,
-)
-from raymlc.flagging import crossfit_folds
-from raymlc.local import CHECKPOINT, load_checkpoint, load_manifest_table, save_checkpoint, window_samples
-from raymlc.models import FeatureMLP, build_model
+from raymlc.data.dataset import SplitData, load_manifest_table, load_split
+from raymlc.data.files import absolute
+from raymlc.flagging import crossfit_folds, flag_mask_for, load_flags
+from raymlc.scoring import evaluate
+from raymlc.training import cosine_lr, iterate_batches, make_loss, make_optimizer, new_model, train_epoch
 
 TRAIN_STATE = "train_state.pt"
 
@@ -68,17 +61,17 @@ def shard_positions(n_rows: int, rank: int, world_size: int) -> np.ndarray:
     return (rank + world_size * np.arange(per_worker)) % n_rows
 
 
-def flag_mask(flags_path: str, clip_ids: list[str], vocabulary: LabelVocabulary) -> np.ndarray:
-    """Loss mask [N, C] for `clip_ids`: 0 where the flags table marks (clip, label) as flagged, else 1."""
-    flags = pq.read_table(flags_path, columns=["clip_id", "flagged"])
-    flagged_by_clip = dict(zip(flags.column("clip_id").to_pylist(), flags.column("flagged").to_pylist(), strict=True))
-    flagged = vocabulary.encode([flagged_by_clip.get(clip_id) or [] for clip_id in clip_ids], clip_ids)
-    return 1.0 - flagged
+def flag_mask(flags_path: str, train: SplitData, shard: pa.Table, shard_rows: np.ndarray) -> np.ndarray:
+    """Loss mask [N, C] of the loaded clips of `shard` (train-split positions `shard_rows`): 0 where the saved
+    `FlagResult` flags (row, class), else 1."""
+    position = dict(zip(shard.column("clip_id").to_pylist(), shard_rows.tolist(), strict=True))
+    rows = np.array([position[clip_id] for clip_id in train.clip_ids], dtype=np.int64)
+    return (~flag_mask_for(rows, load_flags(flags_path))).astype(np.float32)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
     """Runs on every Train worker; `loop_config` holds the run config, vocabulary and optional flags."""
-    config = RunConfig.model_validate(loop_config["config"])
+    config = TaggerConfig.model_validate(loop_config["config"])
     vocabulary = LabelVocabulary(loop_config["vocabulary"])
     torch.set_num_threads(loop_config["torch_threads"])
     context = ray.train.get_context()
@@ -95,19 +88,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if holdout := loop_config.get("holdout"):  # a cross-fitting teacher: every fold but one
         folds = crossfit_folds(len(train_rows), holdout["folds"], holdout["seed"])
         train_rows = train_rows.filter(pa.array(folds != holdout["fold"]))
-    frontend = config.frontend if "features" not in table.column_names else None
-    shard = train_rows if seeds else train_rows.take(pa.array(shard_positions(len(train_rows), rank, world_size)))
-    train = load_split(shard, vocabulary, None, frontend, loop_config["label_source"])
-    mask = flag_mask(loop_config["flags"], train.clip_ids, vocabulary) if loop_config.get("flags") else None
+    shard_rows = np.arange(len(train_rows)) if seeds else shard_positions(len(train_rows), rank, world_size)
+    shard = train_rows.take(pa.array(shard_rows))
+    train = load_split(shard, vocabulary, None, config, loop_config["label_source"])
+    mask = flag_mask(loop_config["flags"], train, shard, shard_rows) if loop_config.get("flags") else None
     evaluates = rank == 0 or bool(seeds)
-    val = load_split(table, vocabulary, "val", frontend, loop_config["label_source"]) if evaluates else None
+    val = load_split(table, vocabulary, "val", config, loop_config["label_source"]) if evaluates else None
     state_file = seed_state(rank) if seeds else TRAIN_STATE
 
-    feature_dim = None if train.is_audio else train.inputs.shape[1]
-    model = build_model(config.model, config.frontend, len(vocabulary), feature_dim)
-    if isinstance(model, FeatureMLP):  # standardize with the whole train split, the same on every worker
-        full = load_split(train_rows, vocabulary, None, None)
-        model.set_standardization(torch.from_numpy(full.inputs))
+    feature_dim = train.feature_dim
+    # An MLP is standardized with the whole train split's features, the same on every worker.
+    full = train if seeds or config.is_audio else load_split(train_rows, vocabulary, None, config)
+    model = new_model(config, len(vocabulary), full)
     optimizer = make_optimizer(model, config.train)
     start_epoch, history = 0, []
     if checkpoint := ray.train.get_checkpoint():
@@ -119,7 +111,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     model = model if seeds else prepare_model(model)
     core = model.module if hasattr(model, "module") else model
     loss_fn = make_loss(config.train)
-    window = window_samples(config)
+    window = config.window_samples
 
     for epoch in range(start_epoch, config.train.epochs):
         for group in optimizer.param_groups:
@@ -162,11 +154,11 @@ def _save(
     optimizer: torch.optim.Optimizer,
     epoch: int,
     history: list[dict],
-    config: RunConfig,
+    config: TaggerConfig,
     vocabulary: LabelVocabulary,
     feature_dim: int | None,
 ) -> None:
-    """A checkpoint directory: the training state, plus `checkpoint.pt` in `raymlc.local`'s format.
+    """A checkpoint directory: the training state, plus `checkpoint.pt` (`raymlc.checkpoint`).
 
     In seeds mode every worker writes its own `state_file`; `checkpoint.pt` holds the first seed's model.
     """
@@ -174,10 +166,6 @@ def _save(
     torch.save(train_state | {"epoch": epoch, "history": history}, directory / state_file)
     if state_file in (TRAIN_STATE, seed_state(0)):
         save_checkpoint(directory / CHECKPOINT, model, config, vocabulary, feature_dim)
-
-
-def _absolute(path_or_uri: str) -> str:
-    return path_or_uri if "://" in path_or_uri else os.path.abspath(path_or_uri)
 
 
 def build_trainer(
@@ -196,16 +184,16 @@ def build_trainer(
     run_config = config.core()
     # Train workers run in their own working directory: ship local data paths as absolute paths.
     data = run_config.data
-    data.manifest = _absolute(data.manifest)
-    data.test_manifest = data.test_manifest and _absolute(data.test_manifest)
-    storage_path = _absolute(ray_config.storage_path)
+    data.manifest = absolute(data.manifest)
+    data.test_manifest = data.test_manifest and absolute(data.test_manifest)
+    storage_path = absolute(ray_config.storage_path)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "config": run_config.model_dump(),
             "vocabulary": list(vocabulary.names),
             "label_source": label_source,
-            "flags": flags and _absolute(flags),
+            "flags": flags and absolute(flags),
             "torch_threads": ray_config.torch_threads,
             "holdout": None
             if holdout_fold is None

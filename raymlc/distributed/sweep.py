@@ -1,6 +1,6 @@
 """`raymlc sweep`: Ray Tune (Optuna TPE, ASHA) over the student of teacher–student loss masking.
 
-Stage 1 trains the teacher and scores the train split once (`pipeline.teacher_scores`, skipped when the
+Stage 1 trains the teacher and scores the train split once (`teacher_student.teacher_scores`, skipped when the
 sweep directory already has them). Stage 2 is a Tuner whose trials each derive flags from those scores
 with their own discard %, then run a `TorchTrainer` (the pipeline's training loop, one worker per seed)
 that reports the seed-mean validation metric every epoch through `TuneReportCallback`, which ASHA uses to
@@ -11,7 +11,6 @@ restores the Tuner (`Tuner.restore`): finished trials are kept, unfinished ones 
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -29,15 +28,18 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from raymlc.calibration import adaptive_f1, export_bundle, fit_tagger_thresholds
+from raymlc.bundle import export_bundle
+from raymlc.checkpoint import CHECKPOINT, load_checkpoint
 from raymlc.config import PipelineConfig, SweepConfig
 from raymlc.data import LabelVocabulary, ManifestError
+from raymlc.data.dataset import load_manifest_table, load_split
+from raymlc.data.files import absolute, write_json
 from raymlc.distributed.cluster import ensure_ray
-from raymlc.distributed.flag import select_flags_local, write_enhanced_labels_local
-from raymlc.distributed.pipeline import RunDirectory, teacher_scores
-from raymlc.distributed.train import build_trainer, flag_mask, seed_state
-from raymlc.engine import evaluate, load_split
-from raymlc.local import CHECKPOINT, load_checkpoint, load_manifest_table, window_samples, write_json
+from raymlc.distributed.flagging import select_flags_local
+from raymlc.distributed.teacher_student import RunDirectory, teacher_scores
+from raymlc.distributed.training import build_trainer, flag_mask, seed_state
+from raymlc.flagging import save_flags
+from raymlc.scoring import evaluate
 from raymlc.sweep import (
     PARAMS,
     UNTRUSTED_VALIDATION_WARNING,
@@ -49,6 +51,7 @@ from raymlc.sweep import (
     validation_macro_f1,
     write_results,
 )
+from raymlc.thresholds import adaptive_f1, fit_tagger_thresholds
 
 TUNE_NAME = "tune"
 
@@ -103,10 +106,6 @@ def scores_version(scores_dir: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def _absolute(path: str | None) -> str | None:
-    return path if path is None or "://" in path else os.path.abspath(path)
-
-
 def _seed_models(checkpoint: ray.train.Checkpoint, seeds: int) -> tuple[list[torch.nn.Module], list[dict]]:
     """The final model of every seed in a trial's checkpoint (eval mode), and the seed-mean history."""
     models = []
@@ -132,7 +131,7 @@ def run_trial(params: dict, setup: TrialSetup) -> None:
         flags_path = Path(setup.output, "trials", f"{trial_id}-flags.parquet")
         flags_path.parent.mkdir(parents=True, exist_ok=True)
         result = select_flags_local(Path(setup.scores_dir), vocabulary, config.flagging)
-        write_enhanced_labels_local(Path(setup.scores_dir), vocabulary, result, flags_path)
+        save_flags(result, str(flags_path))
         flag_count = int(result.counts.sum())
     seeds = [setup.base.train.seed + i for i in range(sweep.seeds)]
     constants = {"flags": flag_count, "teacher_scores": setup.scores_version}
@@ -150,11 +149,12 @@ def run_trial(params: dict, setup: TrialSetup) -> None:
     values = [last[f"val_{sweep.objective}"]]
     if sweep.objective == "macro_f1":  # the trial's adaptive thresholds, judged on clips they were not fitted on
         table = load_manifest_table(config)
-        frontend = config.frontend if "features" not in table.column_names else None
-        train = load_split(table, vocabulary, "train", frontend)
-        val = load_split(table, vocabulary, "val", frontend)
-        mask = flag_mask(str(flags_path), train.clip_ids, vocabulary) if flags_path else None
-        values = [validation_macro_f1(m, train, val, config, window_samples(config), mask) for m in models]
+        train_rows = table.filter(pc.equal(table["split"], "train"))
+        train = load_split(train_rows, vocabulary, None, config)
+        val = load_split(table, vocabulary, "val", config)
+        positions = np.arange(len(train_rows))
+        mask = flag_mask(str(flags_path), train, train_rows, positions) if flags_path else None
+        values = [validation_macro_f1(m, train, val, config, mask) for m in models]
     ray.tune.report(
         {key: value for key, value in last.items() if key.startswith("val_")}
         | {
@@ -262,10 +262,9 @@ def _export_best(best: dict, setup: TrialSetup, output: Path, log: Callable[[str
     model, _, vocabulary = load_checkpoint(Path(best["checkpoint_path"], CHECKPOINT))
     model.eval()
     table = load_manifest_table(config)
-    frontend = config.frontend if "features" not in table.column_names else None
-    splits = {name: load_split(table, vocabulary, name, frontend) for name in ("train", "val", "test")}
-    window = window_samples(config)
-    fitted = fit_tagger_thresholds(model, splits["train"], splits["val"], config, window)
+    splits = {name: load_split(table, vocabulary, name, config) for name in ("train", "val", "test")}
+    window = config.window_samples
+    fitted = fit_tagger_thresholds(model, splits["train"], splits["val"], config)
     metrics = {"test": evaluate(model, splits["test"], config.train.eval_batch_size, window)}
     metrics["test_adaptive"] = adaptive_f1(model, fitted, splits["test"], config.train.eval_batch_size, window)
     bundle = output / "best_bundle"
@@ -280,9 +279,9 @@ def run_sweep(sweep: SweepConfig, output: Path, log: Callable[[str], None] = pri
     results.parquet/.csv, best_config.yaml, best_bundle/, curve.png and summary.json; returns the summary."""
     started = time.time()
     base = sweep.pipeline()
-    base.data.manifest = _absolute(base.data.manifest)
-    base.data.test_manifest = _absolute(base.data.test_manifest)
-    base.ray.storage_path = _absolute(base.ray.storage_path)
+    base.data.manifest = absolute(base.data.manifest)
+    base.data.test_manifest = base.data.test_manifest and absolute(base.data.test_manifest)
+    base.ray.storage_path = absolute(base.ray.storage_path)
     epochs = sweep.student_epochs(base)
     ensure_ray()
     output = output.resolve()

@@ -3,11 +3,16 @@ import pyarrow as pa
 import pytest
 import torch
 
-from raymlc.config import FrontEndConfig, ModelConfig, TrainConfig
-from raymlc.data import LabelVocabulary, normalize_manifest
+from raymlc.config import DataConfig, FrontEndConfig, ModelConfig, TaggerConfig, TrainConfig
+from raymlc.data import LabelVocabulary, ManifestError, normalize_manifest
 from raymlc.data.audio import eval_windows
-from raymlc.engine import SplitData, evaluate, fit, load_split, predict
+from raymlc.data.dataset import SplitData, load_split
 from raymlc.models import AudioCNN, FeatureMLP
+from raymlc.scoring import evaluate, predict
+from raymlc.training import fit
+
+FEATURES = TaggerConfig(data=DataConfig(manifest="unused.parquet"), model=ModelConfig(kind="mlp"))
+AUDIO = TaggerConfig(data=DataConfig(manifest="unused.parquet"))
 
 
 def separable_table(n: int = 300, dim: int = 10, seed: int = 0) -> pa.Table:
@@ -32,7 +37,7 @@ def separable_table(n: int = 300, dim: int = 10, seed: int = 0) -> pa.Table:
 def mlp_data() -> tuple[LabelVocabulary, SplitData, SplitData, SplitData]:
     table = separable_table()
     vocabulary = LabelVocabulary.from_table(table)
-    return vocabulary, *(load_split(table, vocabulary, s, None) for s in ("train", "val", "test"))
+    return vocabulary, *(load_split(table, vocabulary, s, FEATURES) for s in ("train", "val", "test"))
 
 
 def test_mlp_learns_separable_labels() -> None:
@@ -67,8 +72,8 @@ def test_clean_label_source_adds_removed_labels() -> None:
         )
     )
     vocabulary = LabelVocabulary(["a", "b"])
-    observed = load_split(table, vocabulary, None, None, "observed")
-    clean = load_split(table, vocabulary, None, None, "clean")
+    observed = load_split(table, vocabulary, None, FEATURES, "observed")
+    clean = load_split(table, vocabulary, None, FEATURES, "clean")
     np.testing.assert_array_equal(observed.targets, [[1, 0], [0, 0]])
     np.testing.assert_array_equal(clean.targets, [[1, 1], [1, 0]])
     np.testing.assert_array_equal(clean.removed, [[0, 1], [1, 0]])
@@ -89,7 +94,18 @@ def test_predict_pools_max_over_windows() -> None:
     np.testing.assert_allclose(embeddings[0], output.embedding.mean(0).numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_audio_split_needs_frontend() -> None:
-    table = normalize_manifest(pa.table({"clip_id": ["a"], "audio": ["/nope.wav"], "labels": [[]]}))
-    with pytest.raises(ValueError, match="front-end"):
-        load_split(table, LabelVocabulary(["x"]), None, None)
+def test_split_needs_the_column_the_model_eats() -> None:
+    audio = normalize_manifest(pa.table({"clip_id": ["a"], "audio": ["/nope.wav"], "labels": [[]]}))
+    with pytest.raises(ManifestError, match="mlp model needs a manifest with a 'features' column"):
+        load_split(audio, LabelVocabulary(["x"]), None, FEATURES)
+    features = normalize_manifest(
+        pa.table(
+            {
+                "clip_id": ["a"],
+                "features": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(2, np.float32)), 2),
+                "labels": [[]],
+            }
+        )
+    )
+    with pytest.raises(ManifestError, match="cnn model needs a manifest with a 'audio' column"):
+        load_split(features, LabelVocabulary(["x"]), None, AUDIO)

@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from raymlc.data import LabelVocabulary
-
-METRIC_KEYS = ("map", "d_prime", "lwlrap", "micro_f1", "macro_f1")
+from raymlc.metrics import SUMMARY_KEYS
+from raymlc.teacher_student import MODELS
 
 
 def _bar_chart(path: Path, labels: list[str], series: dict[str, list[float]], ylabel: str, title: str) -> None:
@@ -40,10 +40,10 @@ def write_report(output: Path, metrics: dict, vocabulary: LabelVocabulary, top: 
     """Write `output/report.md` (+ `ap_per_class.png`, `flag_precision.png`); returns its path."""
     labels = list(vocabulary.names)
     lines = ["# raymlc pipeline report", "", "## Test metrics (clean test labels)", ""]
-    lines += ["| model | " + " | ".join(METRIC_KEYS) + " |", "|---" * (len(METRIC_KEYS) + 1) + "|"]
-    for name in ("teacher", "student", "perfect_mask", "oracle"):
+    lines += ["| model | " + " | ".join(SUMMARY_KEYS) + " |", "|---" * (len(SUMMARY_KEYS) + 1) + "|"]
+    for name in MODELS:
         if metrics.get(name):
-            lines.append(f"| {name} | " + " | ".join(_fmt(metrics[name][k]) for k in METRIC_KEYS) + " |")
+            lines.append(f"| {name} | " + " | ".join(_fmt(metrics[name][k]) for k in SUMMARY_KEYS) + " |")
     flags = metrics["flags"]
     lines += [
         "",

@@ -1,7 +1,9 @@
 """Ray Data flagging over teacher scores: per-block counts and partial top-k, merged on the driver.
 
 The driver only ever holds per-class counts and the Σ k_c selected candidates, never the N x C
-score matrix. Writes the enhanced labels (`clip_id`, `labels`, `flagged`, `removed_labels`).
+score matrix. The `FlagResult` is what the run keeps (`raymlc.flagging.save_flags`); the enhanced labels
+(`row_index`, `clip_id`, `labels`, `flagged` label names, `removed_labels`) are its human-readable table.
+The `*_local` functions do the same in this process, block by block, without Ray Data.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 import ray
 
 from raymlc.config import FlaggingConfig
@@ -26,6 +27,7 @@ from raymlc.flagging import (
     implicit_negative_counts,
     random_scores,
 )
+from raymlc.metrics import flag_counts
 
 FLAG_COLUMNS = ["row_index", "clip_id", "labels", "flagged", "removed_labels"]
 
@@ -117,6 +119,17 @@ def write_enhanced_labels(scores_dir: Path, vocabulary: LabelVocabulary, result:
     return output_dir
 
 
+def flag_counts_local(scores_dir: Path, vocabulary: LabelVocabulary, result: FlagResult) -> np.ndarray:
+    """`raymlc.metrics.flag_counts` of the flags against `removed_labels`, summed over the scored clips block
+    by block in this process (memory O(block))."""
+    counts = np.zeros((3, len(vocabulary)), np.int64)
+    for block in _scored_blocks(scores_dir):
+        ids = block["clip_id"].to_pylist()
+        removed = vocabulary.encode(block["removed_labels"].to_pylist(), ids)
+        counts += flag_counts(flag_mask_for(block["row_index"].to_numpy(), result), removed)
+    return counts
+
+
 def _scored_blocks(scores_dir: Path):
     """The scored rows of the scores table, one file block at a time, read in this process."""
     for batch in ds.dataset(scores_dir, format="parquet").to_batches():
@@ -133,20 +146,3 @@ def select_flags_local(scores_dir: Path, vocabulary: LabelVocabulary, config: Fl
     for block in _scored_blocks(scores_dir):
         flagger.update(block["row_index"].to_numpy(), _scores(block, len(vocabulary)), *_labels(block, vocabulary))
     return flagger.result()
-
-
-def write_enhanced_labels_local(scores_dir: Path, vocabulary: LabelVocabulary, result: FlagResult, path: Path) -> Path:
-    """`write_enhanced_labels` in this process, into one Parquet file."""
-    schema = pa.schema(
-        [
-            ("row_index", pa.int64()),
-            ("clip_id", pa.string()),
-            ("labels", pa.list_(pa.string())),
-            ("flagged", pa.list_(pa.string())),
-            ("removed_labels", pa.list_(pa.string())),
-        ]
-    )
-    with pq.ParquetWriter(path, schema) as writer:
-        for block in _scored_blocks(scores_dir):
-            writer.write_table(_enhanced_labels(block, vocabulary, result).cast(schema))
-    return path

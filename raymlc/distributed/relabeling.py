@@ -1,7 +1,7 @@
 """Ray Data relabeling: stream a manifest through a tagger bundle and write an enhanced manifest, resumably.
 
 Rows are cut into parts of `rows_per_part` (part p = rows [p·R, (p+1)·R)). Pending parts flow through
-Ray Data (decode in tasks with `score.decode_batch`, tag in an autoscaling actor pool); the driver
+Ray Data (decode in tasks with `scoring.decode_batch`, tag in an autoscaling actor pool); the driver
 assembles each part's rows and commits it: written under a temporary name, then renamed. A rerun skips
 committed parts. When every part is committed, the run writes the review queue, rejects, summary,
 `_parts.json` (parts, rows, sha256) and last `_SUCCESS`. Layout of the output directory:
@@ -28,7 +28,6 @@ import posixpath
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -37,16 +36,15 @@ import pyarrow.parquet as pq
 import ray
 import torch
 from pyarrow.fs import FileSelector, FileType
-from pydantic import ValidationError
 from ray.data import ActorPoolStrategy
 
 from raymlc.bundle import load_bundle
-from raymlc.config import ConfigError, RelabelConfig, load_config
+from raymlc.config import RelabelConfig, load_with_overrides
 from raymlc.data import read_manifest
-from raymlc.data.files import is_uri, resolve
+from raymlc.data.files import absolute, resolve
 from raymlc.data.float_lists import to_arrays
 from raymlc.distributed.cluster import ensure_ray
-from raymlc.distributed.score import decode_batch
+from raymlc.distributed.scoring import decode_batch
 from raymlc.relabeling import PartAssembler, ProposalSummary, ReviewQueue, propose
 
 RUN, PARTS, SUCCESS, SUMMARY = "_run.json", "_parts.json", "_SUCCESS", "summary.json"
@@ -70,11 +68,7 @@ class RelabelError(ValueError):
 
 def relabel_config(path: str | None = None, **overrides: object) -> RelabelConfig:
     """The RelabelConfig at `path` (defaults without one), with the non-None `overrides` applied."""
-    config = load_config(path, RelabelConfig) if path else RelabelConfig()
-    try:
-        return RelabelConfig.model_validate(config.model_dump() | {k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as error:
-        raise ConfigError(f"invalid relabel option:\n{error}") from None
+    return load_with_overrides(path, RelabelConfig, **overrides)
 
 
 class ProposalTagger:
@@ -327,11 +321,6 @@ def _finalize(
     return result
 
 
-def _absolute(uri: str) -> str:
-    """Local paths made absolute (actors may run elsewhere); URIs as given."""
-    return uri if is_uri(uri) else str(Path(uri).resolve())
-
-
 def relabel_manifest(
     bundle_uri: str,
     input_uri: str,
@@ -344,7 +333,7 @@ def relabel_manifest(
 
     Resumes the run found in `output_uri` (committed parts are kept); the input is only read.
     """
-    bundle_uri, input_uri = _absolute(bundle_uri), _absolute(input_uri)
+    bundle_uri, input_uri = absolute(bundle_uri), absolute(input_uri)
     tagger = load_bundle(bundle_uri)
     if not tagger.is_audio:
         raise RelabelError(f"{bundle_uri}: relabel needs an audio (waveform) tagger bundle")

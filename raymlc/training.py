@@ -1,8 +1,8 @@
-"""One training and evaluation loop in plain PyTorch: the unit that Ray Train wraps.
+"""One training loop in plain PyTorch, the unit that Ray Train wraps, and single-process training (`train_local`).
 
-A split is loaded once into memory (`SplitData`): decoded waveforms (cropped to the model window at
-batch time, randomly when training) or feature vectors, with multi-hot targets. Clip-level scores
-are the max over a clip's windows of the per-window logits.
+A split is held in memory as a `SplitData` (waveforms are cropped to the model window at batch time,
+randomly when training). `train_local` trains on the train split, evaluates on val and test, fits the
+adaptive thresholds on the frozen model and writes `checkpoint.pt`, `metrics.json` and the tagger bundle.
 """
 
 from __future__ import annotations
@@ -10,72 +10,34 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
-from scipy.special import expit
+import yaml
 from torch import nn
 
-from raymlc.config import FrontEndConfig, TrainConfig
-from raymlc.data import LabelVocabulary
-from raymlc.data.audio import decode_clips, fit_window
-from raymlc.inference import score_batch
+from raymlc.bundle import export_bundle
+from raymlc.checkpoint import CHECKPOINT, save_checkpoint
+from raymlc.config import TaggerConfig, TrainConfig
+from raymlc.data.audio import fit_window
+from raymlc.data.dataset import SplitData, load_dataset
+from raymlc.data.files import write_json
 from raymlc.losses import masked_bce, sigmoid_f1
-from raymlc.metrics import summarize
+from raymlc.models import FeatureMLP, build_model
+from raymlc.scoring import METRICS, evaluate
+from raymlc.thresholds import adaptive_f1, fit_tagger_thresholds
 
+BUNDLE = "bundle"
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
-@dataclass
-class SplitData:
-    """One split in memory: model inputs, multi-hot label matrices and the clips that failed to load."""
-
-    clip_ids: list[str]
-    inputs: list[np.ndarray] | np.ndarray  # waveforms (one 1-D array per clip) or features [N, D]
-    targets: np.ndarray  # [N, C] float32, the labels trained/evaluated on
-    removed: np.ndarray  # [N, C] float32, `removed_labels` (all zero when not recorded)
-    explicit_negatives: np.ndarray  # [N, C] float32
-    rejects: list[dict[str, str]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.clip_ids)
-
-    @property
-    def is_audio(self) -> bool:
-        return isinstance(self.inputs, list)
-
-
-def load_split(
-    table: pa.Table,
-    vocabulary: LabelVocabulary,
-    split: str | None,
-    frontend: FrontEndConfig | None,
-    label_source: str = "observed",
-) -> SplitData:
-    """Rows of `split` (all rows when None) as a `SplitData`; `label_source="clean"` adds `removed_labels`."""
-    if split is not None:
-        table = table.filter(pc.equal(table.column("split"), split))
-    rows = table.select([c for c in ("clip_id", "audio", "start_s", "end_s") if c in table.column_names])
-    rejects: list[dict] = []
-    if "features" in table.column_names:
-        column = table.column("features").combine_chunks()
-        inputs: list[np.ndarray] | np.ndarray = (
-            column.values.to_numpy().reshape(len(column), column.type.list_size).astype(np.float32)
-        )
-    else:
-        if frontend is None:
-            raise ValueError("an audio manifest needs a front-end config to decode at its sample rate")
-        inputs, loaded, rejects = decode_clips(rows.to_pylist(), sample_rate=frontend.sample_rate)
-        table = table.take(pa.array(loaded, type=pa.int64()))
-    clip_ids = table.column("clip_id").to_pylist()
-    labels = vocabulary.encode(table.column("labels").to_pylist(), clip_ids)
-    removed = vocabulary.encode(table.column("removed_labels").to_pylist(), clip_ids)
-    explicit = vocabulary.encode(table.column("explicit_negatives").to_pylist(), clip_ids)
-    targets = np.maximum(labels, removed) if label_source == "clean" else labels
-    return SplitData(clip_ids, inputs, targets, removed, explicit, rejects)
+def new_model(config: TaggerConfig, n_classes: int, train: SplitData) -> nn.Module:
+    """A freshly initialized tagger for `config` (an MLP standardized with the train split's features)."""
+    model = build_model(config.model, config.frontend, n_classes, train.feature_dim)
+    if isinstance(model, FeatureMLP):
+        model.set_standardization(torch.from_numpy(train.inputs))
+    return model
 
 
 def make_loss(config: TrainConfig) -> LossFn:
@@ -128,24 +90,6 @@ def train_epoch(
     return total / max(count, 1)
 
 
-def predict(
-    model: nn.Module, data: SplitData, batch_size: int, window_samples: int | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Clip-level logits [N, C] and embeddings [N, E] of a whole split (see `score_batch`)."""
-    model.eval()
-    window = window_samples if data.is_audio else None
-    batches = [
-        score_batch(model, data.inputs[start : start + batch_size], window) for start in range(0, len(data), batch_size)
-    ]
-    return torch.cat([b[0] for b in batches]).numpy(), torch.cat([b[1] for b in batches]).numpy()
-
-
-def evaluate(model: nn.Module, data: SplitData, batch_size: int, window_samples: int | None) -> dict:
-    """Test metrics (mAP, d′, lwlrap, micro/macro F1 at 0.5) of `model` on `data`."""
-    logits, _ = predict(model, data, batch_size, window_samples)
-    return summarize(data.targets, expit(logits))
-
-
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
@@ -183,3 +127,45 @@ def fit(
         if on_epoch is not None:
             on_epoch(record)
     return history
+
+
+def train_local(config: TaggerConfig, output: Path, log: Callable[[str], None] = print) -> dict:
+    """Train on the train split, evaluate on val and test, write checkpoint + metrics + bundle; return metrics."""
+    if config.train.num_threads:
+        torch.set_num_threads(config.train.num_threads)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+    dataset = load_dataset(config)
+    log(
+        f"data: {len(dataset.train)} train / {len(dataset.val)} val / {len(dataset.test)} test clips, "
+        f"{len(dataset.vocabulary)} labels, {len(dataset.rejects)} rejected"
+    )
+    for reject in dataset.rejects:
+        log(f"rejected {reject['clip_id']}: {reject['reason']}")
+    torch.manual_seed(config.train.seed)  # the same initial weights on every run of the config
+    model = new_model(config, len(dataset.vocabulary), dataset.train)
+    window = config.window_samples
+
+    def report(record: dict) -> None:
+        val = f" val mAP {record['val_map']:.3f}" if "val_map" in record else ""
+        epoch = f"epoch {record['epoch']}/{config.train.epochs}"
+        log(f"{epoch}: loss {record['train_loss']:.4f}{val} ({record['seconds']:.1f}s)")
+
+    history = fit(model, dataset.train, dataset.val, config.train, window, on_epoch=report)
+    save_checkpoint(output / CHECKPOINT, model, config, dataset.vocabulary, dataset.train.feature_dim)
+    batch = config.train.eval_batch_size
+    metrics = {
+        "val": evaluate(model, dataset.val, batch, window) if len(dataset.val) else None,
+        "test": evaluate(model, dataset.test, batch, window),
+        "history": history,
+        "rejects": dataset.rejects,
+    }
+    # Adaptive thresholds on the frozen model, then the self-contained tagger bundle (`raymlc predict`).
+    fitted = fit_tagger_thresholds(model, dataset.train, dataset.val, config)
+    metrics["test_adaptive"] = adaptive_f1(model, fitted, dataset.test, batch, window)
+    log(f"thresholds fitted on {fitted.fit_split}: test macro-F1 {metrics['test_adaptive']['macro_f1']:.3f}")
+    splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
+    summary = {key: metrics[key] for key in ("val", "test", "test_adaptive")}
+    export_bundle(str(output / BUNDLE), model, config, dataset.vocabulary, fitted, splits, summary)
+    write_json(output / METRICS, metrics)
+    return metrics

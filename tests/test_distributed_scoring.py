@@ -10,19 +10,21 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from raymlc.config import DemoConfig, RunConfig, ScoringConfig
+from raymlc.checkpoint import save_checkpoint
+from raymlc.config import DemoConfig, ScoringConfig, TaggerConfig
 from raymlc.data import LabelVocabulary, normalize_manifest
 from raymlc.data.audio import decode_clips
 from raymlc.data.demo import make_demo
-from raymlc.distributed.score import read_rejects, score_manifest
-from raymlc.inference import score_batch
-from raymlc.local import save_checkpoint, window_samples
+from raymlc.distributed.scoring import read_rejects, score_manifest
 from raymlc.models import build_model
+from raymlc.scoring import score_batch
 
 pytestmark = pytest.mark.slow
 
 
-def _checkpoint(path: Path, config: RunConfig, vocabulary: LabelVocabulary, feature_dim: int | None) -> torch.nn.Module:
+def _checkpoint(
+    path: Path, config: TaggerConfig, vocabulary: LabelVocabulary, feature_dim: int | None
+) -> torch.nn.Module:
     """An untrained model with random weights (and, for the MLP, non-trivial standardization), saved."""
     torch.manual_seed(0)
     model = build_model(config.model, config.frontend, len(vocabulary), feature_dim).eval()
@@ -55,13 +57,13 @@ def test_feature_rows_scored_on_ray_match_local_scoring(ray_session, tmp_path: P
         )
     )
     vocabulary = LabelVocabulary.from_table(table)
-    config = RunConfig.model_validate(
+    config = TaggerConfig.model_validate(
         {"data": {"manifest": "unused"}, "model": {"kind": "mlp", "hidden": [16], "embedding_dim": 8}}
     )
     model = _checkpoint(tmp_path / "checkpoint.pt", config, vocabulary, dim)
     scoring = ScoringConfig(batch_size=16, min_actors=1, max_actors=2, write_embeddings=True)
 
-    scored = _scored(score_manifest(table, str(tmp_path / "checkpoint.pt"), tmp_path / "scores", scoring, None))
+    scored = _scored(score_manifest(table, str(tmp_path / "checkpoint.pt"), tmp_path / "scores", scoring))
 
     logits, embeddings = score_batch(model, features, None)
     assert scored["row_index"].to_pylist() == list(range(n))
@@ -82,7 +84,7 @@ def test_audio_clips_scored_on_ray_match_local_scoring_and_corrupt_clip_is_rejec
     row = table.slice(3, 1).to_pylist()[0] | {"clip_id": "corrupt-clip", "audio": str(corrupt)}
     table = pa.concat_tables([table.slice(0, 3), pa.Table.from_pylist([row], schema=table.schema), table.slice(3)])
     vocabulary = LabelVocabulary.from_table(table)
-    config = RunConfig.model_validate(
+    config = TaggerConfig.model_validate(
         {
             "data": {"manifest": str(manifest)},
             "frontend": {"window_seconds": 1.0, "n_mels": 32},
@@ -93,7 +95,7 @@ def test_audio_clips_scored_on_ray_match_local_scoring_and_corrupt_clip_is_rejec
     scoring = ScoringConfig(batch_size=8, min_actors=1, max_actors=2)
     sample_rate = config.frontend.sample_rate
 
-    output = score_manifest(table, str(tmp_path / "checkpoint.pt"), tmp_path / "scores", scoring, sample_rate)
+    output = score_manifest(table, str(tmp_path / "checkpoint.pt"), tmp_path / "scores", scoring)
 
     scored = _scored(output)
     assert scored["clip_id"].to_pylist() == table["clip_id"].to_pylist()
@@ -103,6 +105,6 @@ def test_audio_clips_scored_on_ray_match_local_scoring_and_corrupt_clip_is_rejec
     assert scored["scores"][3].as_py() is None
     waves, loaded, _ = decode_clips(table.to_pylist(), sample_rate=sample_rate)
     assert 3 not in loaded and len(loaded) == len(table) - 1
-    logits, _ = score_batch(model, waves, window_samples(config))
+    logits, _ = score_batch(model, waves, config.window_samples)
     ray_scores = _matrix(scored["scores"].take(pa.array(loaded)))
     np.testing.assert_allclose(ray_scores, torch.sigmoid(logits), atol=1e-5)

@@ -15,8 +15,10 @@ import pytest
 
 from raymlc.config import PipelineConfig
 from raymlc.data import LabelVocabulary, normalize_manifest
-from raymlc.distributed.train import flag_mask, shard_positions, train_distributed
-from raymlc.engine import evaluate, load_split
+from raymlc.data.dataset import SplitData, load_split
+from raymlc.distributed.training import flag_mask, shard_positions, train_distributed
+from raymlc.flagging import flags_from_pairs, save_flags
+from raymlc.scoring import evaluate
 
 pytestmark = pytest.mark.slow
 
@@ -63,10 +65,17 @@ def test_shard_positions_cover_all_rows_with_equal_lengths() -> None:
     assert set(np.concatenate(shards)) == set(range(7))
 
 
-def test_flag_mask_zeroes_flagged_entries(tmp_path: Path) -> None:
-    pq.write_table(pa.table({"clip_id": ["x", "y"], "flagged": [["b"], []]}), tmp_path / "flags.parquet")
-    mask = flag_mask(str(tmp_path / "flags.parquet"), ["y", "x", "z"], LabelVocabulary(["a", "b"]))
-    np.testing.assert_array_equal(mask, [[1, 1], [1, 0], [1, 1]])
+def test_flag_mask_zeroes_flagged_entries_of_the_loaded_shard_clips(tmp_path: Path) -> None:
+    # Flags by train-split position: (1, a), (4, b), (3, a), (0, b). The shard holds positions 3, 1, 4 and
+    # the clip at position 1 failed to load, so the mask has the rows of t3 and t4 only.
+    save_flags(flags_from_pairs(np.array([1, 4, 3, 0]), np.array([0, 1, 0, 1]), 2), str(tmp_path / "flags.parquet"))
+    shard_rows = np.array([3, 1, 4])
+    shard = pa.table({"clip_id": [f"t{i}" for i in shard_rows]})
+    zeros = np.zeros((2, 2), np.float32)
+    loaded = SplitData(["t3", "t4"], np.zeros((2, 1), np.float32), zeros, zeros, zeros)
+    mask = flag_mask(str(tmp_path / "flags.parquet"), loaded, shard, shard_rows)
+    np.testing.assert_array_equal(mask, [[0, 1], [1, 0]])
+    assert mask.dtype == np.float32
 
 
 def test_two_workers_learn_and_rerun_resumes(ray_session, tmp_path: Path) -> None:
@@ -82,7 +91,7 @@ def test_two_workers_learn_and_rerun_resumes(ray_session, tmp_path: Path) -> Non
     assert second.history[:3] == first.history
 
     table = pq.read_table(manifest)
-    test = load_split(table, vocabulary, "test", None)
+    test = load_split(table, vocabulary, "test", pipeline_config(manifest, tmp_path / "ray", 5))
     assert evaluate(second.load_model(), test, 64, None)["map"] > 0.9
 
 

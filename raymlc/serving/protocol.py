@@ -1,6 +1,6 @@
 """Request parsing and response shaping for the tagger service, with no web framework and no Ray.
 
-Ray Serve (`raymlc.distributed.serve`) and the plain single-process app (`raymlc.service.DirectBackend`)
+Ray Serve (`raymlc.distributed.serving`) and the plain single-process app (`raymlc.serving.app.DirectBackend`)
 both call these functions: uploaded audio bytes or a JSON feature vector in, a validated array out (or a
 `RequestError` carrying the 4xx status and a message that says what was wrong); `TagRow`s out as JSON.
 """
@@ -170,21 +170,22 @@ def tag_inputs(items: Sequence[tuple[ServedModel, np.ndarray]]) -> list[TagRow]:
     return rows
 
 
+def label_entries(
+    names: Sequence[str], scores: np.ndarray, thresholds: np.ndarray, present: np.ndarray, order: Sequence[int]
+) -> list[dict]:
+    """The JSON entries {name, score, threshold, present} of one clip's labels at positions `order`."""
+    return [
+        {"name": names[c], "score": float(scores[c]), "threshold": float(thresholds[c]), "present": bool(present[c])}
+        for c in order
+    ]
+
+
 def tag_response(row: TagRow, top_k: int | None = None, duration_s: float | None = None) -> dict:
     """JSON body for one clip: its present tags and its labels by descending score (the `top_k` first)."""
     order = np.argsort(-row.scores, kind="stable")
-    labels = [
-        {
-            "name": row.names[c],
-            "score": float(row.scores[c]),
-            "threshold": float(row.thresholds[c]),
-            "present": bool(row.present[c]),
-        }
-        for c in order[:top_k]
-    ]
     return {
         "model_version": row.version,
         "duration_s": duration_s,
         "tags": [row.names[c] for c in order if row.present[c]],
-        "labels": labels,
+        "labels": label_entries(row.names, row.scores, row.thresholds, row.present, order[:top_k]),
     }

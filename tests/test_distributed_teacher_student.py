@@ -10,16 +10,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from flag_reference import multi_hot, scores_table_flags
+from sklearn.metrics import average_precision_score
 
 from raymlc.bundle import load_bundle
+from raymlc.checkpoint import load_checkpoint
 from raymlc.config import DemoConfig, PipelineConfig
 from raymlc.data import LabelVocabulary
 from raymlc.data.audio import decode_audio
 from raymlc.data.demo import make_demo
-from raymlc.distributed.pipeline import run_pipeline
-from raymlc.flagging import crossfit_folds
-from raymlc.inference import score_batch
-from raymlc.local import load_checkpoint
+from raymlc.distributed.teacher_student import run_pipeline
+from raymlc.flagging import crossfit_folds, load_flags
+from raymlc.scoring import score_batch
 
 pytestmark = pytest.mark.slow
 
@@ -35,6 +37,29 @@ def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     row = table.slice(0, 1).to_pylist()[0] | {"clip_id": "corrupt-clip", "audio": str(corrupt)}
     pq.write_table(pa.concat_tables([table, pa.Table.from_pylist([row], schema=table.schema)]), manifest)
     return manifest
+
+
+def sklearn_map(targets: np.ndarray, scores: np.ndarray) -> float:
+    """scikit-learn's AP per class, averaged over the classes that have a positive (as `metrics.map` does)."""
+    present = targets.any(axis=0)
+    return float(np.mean([average_precision_score(targets[:, c], scores[:, c]) for c in np.flatnonzero(present)]))
+
+
+def reference_test_map(checkpoint: Path, test: pa.Table, sample_rate: int, window: int) -> float:
+    """mAP of a saved model on the clean test labels (`labels` ∪ `removed_labels`), scored here clip by clip."""
+    model, _, vocabulary = load_checkpoint(checkpoint)
+    waves = [
+        decode_audio(
+            row["audio"], clip_id=row["clip_id"], sample_rate=sample_rate, start_s=row["start_s"], end_s=row["end_s"]
+        )
+        for row in test.to_pylist()
+    ]
+    logits, _ = score_batch(model.eval(), waves, window)
+    clean = [
+        (a or []) + (b or [])
+        for a, b in zip(test["labels"].to_pylist(), test["removed_labels"].to_pylist(), strict=True)
+    ]
+    return sklearn_map(multi_hot(clean, vocabulary.names), logits.numpy().astype(np.float64))
 
 
 def test_pipeline_runs_every_stage(ray_session, tiny_demo: Path, tmp_path: Path) -> None:
@@ -55,9 +80,13 @@ def test_pipeline_runs_every_stage(ray_session, tiny_demo: Path, tmp_path: Path)
 
     on_disk = json.loads((output / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics))
+    # Every model's test mAP against scikit-learn on the clean test split, scored here from its checkpoint.
+    manifest = pq.read_table(tiny_demo)
+    test = manifest.filter(pc.equal(manifest["split"], "test"))
     for name in ("teacher", "student", "perfect_mask", "oracle"):
         assert set(metrics[name]) == {"map", "d_prime", "lwlrap", "micro_f1", "macro_f1"}
-        assert 0 <= metrics[name]["map"] <= 1
+        reference = reference_test_map(output / name / "checkpoint.pt", test, 16000, 16000)
+        assert metrics[name]["map"] == pytest.approx(reference, abs=1e-6), name
     assert (output / "report.md").exists() and (output / "ap_per_class.png").exists()
 
     # The corrupt clip is reported with a reason and skipped; every other train clip is scored once.
@@ -68,7 +97,6 @@ def test_pipeline_runs_every_stage(ray_session, tiny_demo: Path, tmp_path: Path)
     assert len(scores) == 81 and len(set(scores["clip_id"].to_pylist())) == 81
 
     # Flags: 5 % of each class's implicit negatives (round half up), never a positive or explicit negative.
-    manifest = pq.read_table(tiny_demo)
     train = manifest.filter(pc.equal(manifest["split"], "train"))
     train = train.filter(pc.not_equal(train["clip_id"], "corrupt-clip"))
     vocabulary = LabelVocabulary.from_table(manifest)
@@ -82,6 +110,31 @@ def test_pipeline_runs_every_stage(ray_session, tiny_demo: Path, tmp_path: Path)
     implicit = (~(positives | explicit)).sum(axis=0)
     np.testing.assert_array_equal(flagged.sum(axis=0), np.floor(implicit * 0.05 + 0.5))
     assert metrics["flags"]["count"] == int(flagged.sum())
+
+    # The saved flags are exactly the brute-force top 5 % of the teacher's scores, per class in rank order,
+    # and the human-readable table names exactly those labels on each scored clip.
+    saved = load_flags(str(output / "flags.parquet"))
+    expected = scores_table_flags(scores, vocabulary.names, 5)
+    assert saved.num_classes == len(vocabulary) and sum(len(rows) for rows in expected) == metrics["flags"]["count"] > 0
+    for c, rows in enumerate(expected):
+        np.testing.assert_array_equal(saved.class_rows(c), rows, err_msg=vocabulary.names[c])
+    named = {int(row): set() for row in scores.filter(pc.is_null(scores["error"]))["row_index"].to_pylist()}
+    for c, rows in enumerate(expected):
+        for row in rows:
+            named[int(row)].add(vocabulary.names[c])
+    table_flags = {
+        row: set(labels)
+        for row, labels in zip(flags["row_index"].to_pylist(), flags["flagged"].to_pylist(), strict=True)
+    }
+    assert table_flags == named
+
+    # The perfect mask flags exactly the removed labels of the train split (positions in the train split).
+    perfect = load_flags(str(output / "perfect_flags.parquet"))
+    removed = multi_hot(
+        manifest.filter(pc.equal(manifest["split"], "train"))["removed_labels"].to_pylist(), vocabulary.names
+    )
+    perfect_pairs = {(int(r), c) for c in range(len(vocabulary)) for r in perfect.class_rows(c)}
+    assert perfect_pairs == {(int(r), int(c)) for r, c in zip(*np.nonzero(removed), strict=True)} and perfect_pairs
 
     # A rerun finds every stage done and only re-evaluates.
     rerun_lines: list[str] = []

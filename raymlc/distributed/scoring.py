@@ -21,11 +21,11 @@ import ray
 import torch
 from ray.data import ActorPoolStrategy
 
+from raymlc.checkpoint import load_checkpoint, read_config
 from raymlc.config import ScoringConfig
 from raymlc.data.audio import decode_clips
 from raymlc.data.float_lists import to_arrays, to_list_array
-from raymlc.inference import score_batch
-from raymlc.local import load_checkpoint, window_samples
+from raymlc.scoring import score_batch
 
 PASS_THROUGH = ("row_index", "clip_id", "labels", "explicit_negatives", "removed_labels")
 
@@ -54,17 +54,17 @@ def decode_batch(batch: pa.Table, sample_rate: int) -> pa.Table:
 class BatchScorer:
     """A Ray Data actor holding the model: decodes and scores manifest rows (audio clips or feature rows)."""
 
-    def __init__(self, checkpoint: str, torch_threads: int, with_embedding: bool, sample_rate: int | None) -> None:
+    def __init__(self, checkpoint: str, torch_threads: int, with_embedding: bool) -> None:
         torch.set_num_threads(torch_threads)
-        self.sample_rate = sample_rate
         self.model, config, self.vocabulary = load_checkpoint(Path(checkpoint))
         self.model.eval()
-        self.window = window_samples(config)
+        self.is_audio, self.window = config.is_audio, config.window_samples
+        self.sample_rate = config.frontend.sample_rate
         self.embedding_dim = config.model.embedding_dim
         self.with_embedding = with_embedding
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        if "audio" in batch.column_names:
+        if self.is_audio:
             waveform, errors = _decode_rows(batch, self.sample_rate)
             ok = pc.is_null(errors).to_numpy(zero_copy_only=False)
             inputs = [wave for wave in waveform if wave is not None]
@@ -96,15 +96,15 @@ def score_manifest(
     checkpoint: str,
     output_dir: Path,
     config: ScoringConfig,
-    sample_rate: int | None,
 ) -> Path:
-    """Score every row of `table` with the checkpoint's model; writes `output_dir/*.parquet`, returns it.
+    """Score every row of `table` with the checkpoint's model (its waveforms for audio models, its feature rows
+    otherwise); writes `output_dir/*.parquet`, returns it.
 
     `row_index` is the row's position in `table`, unless `table` already has a `row_index` column.
     """
     if "row_index" not in table.column_names:
         table = table.append_column("row_index", pa.array(np.arange(len(table), dtype=np.int64)))
-    is_audio = "features" not in table.column_names
+    is_audio = read_config(Path(checkpoint)).is_audio
     if not is_audio:
         table = table.append_column("error", pa.nulls(len(table), pa.string()))
     keep = [*PASS_THROUGH, *(("audio", "start_s", "end_s") if is_audio else ("features", "error"))]
@@ -119,7 +119,6 @@ def score_manifest(
             "checkpoint": checkpoint,
             "torch_threads": 1,
             "with_embedding": config.write_embeddings,
-            "sample_rate": sample_rate,
         },
         batch_format="pyarrow",
         batch_size=config.batch_size,

@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raymlc.config import DemoConfig, RelabelConfig, RunConfig
+from raymlc.config import DemoConfig, RelabelConfig, TaggerConfig
 from raymlc.data.demo import make_demo
-from raymlc.local import BUNDLE, train_local
+from raymlc.training import BUNDLE, train_local
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A small CNN tagger trained on a 1-second demo (seed 0)."""
     root = tmp_path_factory.mktemp("relabel-model")
     manifest = make_demo(root / "demo", DemoConfig(n_train=300, n_val=60, n_test=40, clip_seconds=1.0, seed=0))
-    config = RunConfig.model_validate(
+    config = TaggerConfig.model_validate(
         {
             "data": {"manifest": str(manifest)},
             "frontend": {"window_seconds": 1.0, "n_mels": 32, "n_fft": 256, "win_length": 256, "hop_length": 128},
@@ -69,7 +69,7 @@ def relabel_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def uninterrupted(ray_session, bundle: str, relabel_input: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One complete run; the input folder is byte-identical before and after it."""
-    from raymlc.distributed.relabel import relabel_manifest
+    from raymlc.distributed.relabeling import relabel_manifest
 
     before = tree_digest(relabel_input.parent)
     output = tmp_path_factory.mktemp("relabel-runs") / "uninterrupted"
@@ -176,7 +176,7 @@ def kill_tagger_actor_once(output: Path, stop: threading.Event, killed: list[dic
 def test_killed_run_resumes_to_the_same_output(
     bundle: str, relabel_input: Path, uninterrupted: Path, tmp_path: Path
 ) -> None:
-    from raymlc.distributed.relabel import relabel_manifest
+    from raymlc.distributed.relabeling import relabel_manifest
 
     before = tree_digest(relabel_input.parent)
     output = tmp_path / "resumed"
@@ -225,14 +225,14 @@ def test_killed_run_resumes_to_the_same_output(
     again: list[str] = []
     relabel_manifest(bundle, str(relabel_input), str(output), CONFIG, log=again.append)
     assert any("already complete" in line for line in again)
-    from raymlc.distributed.relabel import RelabelError
+    from raymlc.distributed.relabeling import RelabelError
 
     with pytest.raises(RelabelError, match="different min_margin"):
         relabel_manifest(bundle, str(relabel_input), str(output), CONFIG.model_copy(update={"min_margin": 1.0}))
 
 
 def test_relabel_refuses_a_folder_that_is_not_its_own(bundle: str, relabel_input: Path, tmp_path: Path) -> None:
-    from raymlc.distributed.relabel import RelabelError, relabel_manifest
+    from raymlc.distributed.relabeling import RelabelError, relabel_manifest
 
     (tmp_path / "notes.txt").write_text("someone else's file")
     with pytest.raises(RelabelError, match="not a relabel run"):

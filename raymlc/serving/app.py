@@ -1,7 +1,7 @@
 """The tagger's HTTP API (FastAPI, no Ray): routes, JSON errors, a request-body limit and Prometheus metrics
 around a `TaggerBackend` that owns the model.
 
-Ray Serve (`raymlc.distributed.serve`) builds this app in each replica around a batching backend;
+Ray Serve (`raymlc.distributed.serving`) builds this app in each replica around a batching backend;
 `DirectBackend` serves it from one plain process (uvicorn), the benchmark's baseline.
 """
 
@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import raymlc
 from raymlc.config import ServeConfig
-from raymlc.serving import (
+from raymlc.serving.protocol import (
     RequestError,
     ServedModel,
     TagRow,

@@ -25,12 +25,12 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from raymlc.cli import main
-from raymlc.config import DemoConfig, RunConfig, ServeConfig
+from raymlc.config import DemoConfig, ServeConfig, TaggerConfig
 from raymlc.data import normalize_manifest
 from raymlc.data.audio import decode_audio
 from raymlc.data.demo import make_demo
-from raymlc.local import BUNDLE, train_local
-from raymlc.serving import ServedModel, tag_inputs
+from raymlc.serving.protocol import ServedModel, TagRow, label_entries, tag_inputs, tag_response
+from raymlc.training import BUNDLE, train_local
 
 CONFIG_YAML = Path(__file__).resolve().parents[1] / "serve" / "config.yaml"
 RATE = 16000
@@ -65,7 +65,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 def train_audio(manifest: Path, output: Path, seed: int) -> str:
-    config = RunConfig.model_validate(
+    config = TaggerConfig.model_validate(
         {
             "data": {"manifest": str(manifest)},
             "frontend": {"window_seconds": 1.0, "n_mels": 32, "n_fft": 256, "win_length": 256, "hop_length": 128},
@@ -92,7 +92,7 @@ def train_features(root: Path) -> str:
         )
     )
     pq.write_table(table, root / "features.parquet")
-    config = RunConfig.model_validate(
+    config = TaggerConfig.model_validate(
         {
             "data": {"manifest": str(root / "features.parquet")},
             "model": {"kind": "mlp", "hidden": [16], "embedding_dim": 8, "dropout": 0.0},
@@ -188,11 +188,11 @@ def assert_good_request_succeeds(client: httpx.Client) -> None:
 def test_config_yaml_matches_serve_schema_and_builds() -> None:
     from ray.serve.schema import ServeDeploySchema
 
-    from raymlc.distributed.serve import app_builder
+    from raymlc.distributed.serving import app_builder
 
     config = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG_YAML.read_text()))
     (app,) = config.applications
-    assert app.import_path == "raymlc.distributed.serve:app_builder"
+    assert app.import_path == "raymlc.distributed.serving:app_builder"
     (deployment,) = app.deployments
     ServeConfig.model_validate(deployment.user_config)
     assert deployment.autoscaling_config["max_replicas"] > 1 and deployment.max_queued_requests > 0
@@ -207,6 +207,19 @@ def test_serve_help_and_bad_bundle(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "raymlc serve" in capsys.readouterr().out
     assert main(["serve", "--bundle", str(tmp_path)]) == 2  # fails before starting Ray
     assert "not a tagger bundle" in capsys.readouterr().err
+
+
+def test_label_entries_and_tag_response_order_labels_by_score() -> None:
+    names = ("a", "b", "c")
+    scores, thresholds = np.array([0.5, 2.0, -1.0], np.float32), np.array([1.0, 0.0, -2.0], np.float32)
+    present = scores > thresholds
+    assert label_entries(names, scores, thresholds, present, [2, 0]) == [
+        {"name": "c", "score": -1.0, "threshold": -2.0, "present": True},
+        {"name": "a", "score": 0.5, "threshold": 1.0, "present": False},
+    ]
+    body = tag_response(TagRow(names, scores, thresholds, present, "v1"), top_k=2, duration_s=1.5)
+    assert body["model_version"] == "v1" and body["duration_s"] == 1.5 and body["tags"] == ["b", "c"]
+    assert [label["name"] for label in body["labels"]] == ["b", "a"]
 
 
 def test_smoke_test_fails_when_the_model_cannot_run(bundles: dict[str, str]) -> None:
