@@ -160,10 +160,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from raymlc.bundle import BundleError
     from raymlc.distributed.serving import run_local
 
-    config = ServeConfig(bundle_uri=args.bundle, max_batch_size=args.max_batch_size, max_duration_s=args.max_duration_s)
+    config = ServeConfig(
+        bundle_uri=args.bundle,
+        max_batch_size=args.max_batch_size,
+        max_duration_s=args.max_duration_s,
+        token_file=args.token_file,
+    )
     try:
         run_local(config, args.host, args.port, args.max_replicas)
-    except BundleError as error:
+    except (BundleError, OSError, ValueError) as error:
         print(f"raymlc serve: error: {error}", file=sys.stderr)
         return 2
     return 0
@@ -195,6 +200,46 @@ def cmd_relabel(args: argparse.Namespace) -> int:
     except (BundleError, RelabelError) as error:
         print(f"{args.prog_name}: error: {error}", file=sys.stderr)
         return 2
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from raymlc.reviewing import DecisionLog, ReviewError, check_reviewer, read_queue
+    from raymlc.serving.auth import load_token
+    from raymlc.serving.review_app import build_review_app
+
+    try:
+        queue = read_queue(args.queue)
+        app = build_review_app(
+            queue,
+            DecisionLog(Path(args.decisions or Path(args.queue) / "review")),
+            check_reviewer(args.reviewer),
+            load_token(args.token_file),
+        )
+    except (ReviewError, OSError, ValueError) as error:
+        print(f"raymlc review: error: {error}", file=sys.stderr)
+        return 2
+    print(f"reviewing {len(queue)} items of {args.queue} at http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def cmd_apply_review(args: argparse.Namespace) -> int:
+    from raymlc.reviewing import ReviewError, write_reviewed_manifest
+
+    try:
+        summary = write_reviewed_manifest(args.input, Path(args.decisions), Path(args.output), args.format)
+    except ReviewError as error:
+        print(f"raymlc apply-review: error: {error}", file=sys.stderr)
+        return 2
+    counts = ", ".join(
+        f"{summary[key]} {key}" for key in ("accepted", "rejected", "unsure", "conflict", "contradicted")
+    )
+    print(f"wrote {args.output}: {counts} over {summary['reviewed_clips']} clips ({summary['conflict_rule']})")
+    if summary["unknown_clips"]:
+        print(f"{summary['unknown_clips']} decided clips are not in the manifest: {summary['unknown_clip_ids']}")
     return 0
 
 
@@ -313,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-duration-s", type=positive_float, default=120.0, help="longest clip accepted, in seconds (default 120)"
     )
+    serve.add_argument(
+        "--token-file", help="require this file's bearer token on /v1/* (else $RAYMLC_API_TOKEN; neither: open)"
+    )
     serve.set_defaults(run=cmd_serve)
 
     relabel = commands.add_parser(
@@ -326,6 +374,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_relabel_arguments(relabel)
     relabel.set_defaults(run=cmd_relabel, prog_name="raymlc relabel")
+
+    review = commands.add_parser(
+        "review",
+        help="a web page to listen to a run's proposed labels and mark them present / absent / unsure",
+        description="Serves the review queue of a relabel run (review_queue.parquet) or a pipeline run "
+        "(flag_top.parquet): each item's audio segment, proposed label, score, margin and current labels, with "
+        "buttons and keyboard shortcuts. Every decision is appended to DECISIONS/decisions-<reviewer>.jsonl as "
+        "it is made; reopening the page resumes. Auth: a bearer token from --token-file or $RAYMLC_API_TOKEN "
+        "(open the page as http://HOST:PORT/#token=TOKEN).",
+    )
+    review.add_argument("--queue", required=True, help="relabel or pipeline run directory holding the queue")
+    review.add_argument("--decisions", help="where decisions are stored (default QUEUE/review)")
+    review.add_argument("--reviewer", default="reviewer", help="default reviewer name shown on the page")
+    review.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    review.add_argument("--port", type=positive_int, default=8765, help="HTTP port (default 8765)")
+    review.add_argument("--token-file", help="file holding the bearer token (else $RAYMLC_API_TOKEN; none: open)")
+    review.set_defaults(run=cmd_review)
+
+    apply = commands.add_parser(
+        "apply-review",
+        help="write a new manifest with review decisions applied (present -> labels, absent -> explicit negatives)",
+        description="Accepted labels join `labels`, rejected ones join `explicit_negatives` (never flagged); a "
+        "`review` column records every reviewed entry. Each reviewer's last decision counts, 'unsure' abstains, "
+        "and an entry on which reviewers disagree is a conflict and left unchanged. The input is never modified.",
+    )
+    apply.add_argument("--input", required=True, help="the manifest the queue was made from")
+    apply.add_argument("--decisions", required=True, help="directory of decisions-<reviewer>.jsonl files")
+    apply.add_argument("--output", required=True, help="new Parquet manifest to write (must not exist)")
+    apply.add_argument("--format", help="input manifest format when the extension does not tell")
+    apply.set_defaults(run=cmd_apply_review)
     return parser
 
 

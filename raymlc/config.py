@@ -357,6 +357,7 @@ class ServeConfig(Strict):
     max_batch_size: int = Field(16, ge=1)  # clips per model call (`@serve.batch`); 1 disables batching
     batch_wait_timeout_s: float = Field(0.01, ge=0)  # how long a batch waits to fill
     torch_threads: int = Field(1, ge=1)  # intra-op threads per replica
+    token_file: str | None = None  # bearer token required on /v1/* (else $RAYMLC_API_TOKEN; neither: open)
 
 
 SchemaT = TypeVar("SchemaT", bound=BaseModel)

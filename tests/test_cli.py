@@ -14,7 +14,19 @@ import yaml
 from raymlc.cli import build_parser, main
 from raymlc.data import normalize_manifest
 
-COMMANDS = ["make-demo", "make-mixtures", "train", "pipeline", "sweep", "relabel", "evaluate", "predict", "serve"]
+COMMANDS = [
+    "make-demo",
+    "make-mixtures",
+    "train",
+    "pipeline",
+    "sweep",
+    "relabel",
+    "evaluate",
+    "predict",
+    "serve",
+    "review",
+    "apply-review",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -12,7 +12,7 @@ import raymlc
 
 PACKAGE = Path(raymlc.__file__).resolve().parent
 BLOCKED = ("ray", "optuna", "fastapi", "starlette", "uvicorn", "prometheus_client")
-NEEDS_EXTRAS = ("raymlc.distributed", "raymlc.serving.app")
+NEEDS_EXTRAS = ("raymlc.distributed", "raymlc.serving.app", "raymlc.serving.review_app")
 
 WITHOUT_EXTRAS = f"""
 import contextlib, importlib, io, pkgutil, sys

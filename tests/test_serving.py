@@ -510,3 +510,20 @@ def test_raymlc_serve_runs_until_sigterm_and_leaves_no_processes(bundles: dict[s
     while time.monotonic() < deadline and any(running(pid) for pid in tree):
         time.sleep(0.5)
     assert not [pid for pid in tree if running(pid)], "processes left behind"
+
+
+def test_a_token_guards_v1_and_leaves_health_and_metrics_open(bundles: dict[str, str], tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from raymlc.serving.app import DirectBackend, build_api
+
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n")
+    client = TestClient(build_api(DirectBackend(ServeConfig(bundle_uri=bundles["audio"], token_file=str(token_file)))))
+    for headers in ({}, {"Authorization": "Bearer nope"}):
+        response = client.get("/v1/labels", headers=headers)
+        assert response.status_code == 401 and "bearer token" in response.json()["error"]
+    assert client.post("/v1/tag", content=b"x", headers={"Content-Type": "audio/wav"}).status_code == 401
+    assert client.get("/v1/labels", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert client.get("/healthz").status_code == 200
+    assert 'raymlc_requests_total{route="unmatched",status="401"}' in client.get("/metrics").text

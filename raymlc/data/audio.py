@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+import struct
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
@@ -167,3 +168,48 @@ def decode_clips(rows: Iterable[Mapping], *, sample_rate: int) -> tuple[list[np.
             continue
         loaded.append(position)
     return waves, loaded, rejects
+
+
+def wav_segment(
+    source: str, *, clip_id: str, start_s: float | None = None, end_s: float | None = None, block_frames: int = 65536
+) -> Iterator[bytes]:
+    """The [start_s, end_s) segment of `source` as a 16-bit PCM WAV file (its channels and rate), in chunks:
+    a header, then `block_frames` frames at a time, so a long file is never read whole. The file is opened
+    and checked before the first chunk is returned (`AudioError` naming the clip when it cannot be)."""
+    try:
+        file = sf.SoundFile(_open(str(source), clip_id))
+        start, stop = _frame_range(start_s, end_s, file.samplerate, file.frames, clip_id)
+        file.seek(start)
+    except AudioError:
+        raise
+    except _DECODE_ERRORS as error:
+        raise AudioError(clip_id, f"{type(error).__name__}: {error}") from None
+    size = (stop - start) * file.channels * 2
+    header = (
+        b"RIFF"
+        + struct.pack("<I", 36 + size)
+        + b"WAVEfmt "
+        + struct.pack(
+            "<IHHIIHH",
+            16,
+            1,
+            file.channels,
+            file.samplerate,
+            file.samplerate * file.channels * 2,
+            file.channels * 2,
+            16,
+        )
+    )
+
+    def chunks() -> Iterator[bytes]:
+        with file:
+            yield header + b"data" + struct.pack("<I", size)
+            left = stop - start
+            while left > 0:
+                block = file.read(min(block_frames, left), dtype="int16", always_2d=True)
+                if not len(block):  # a file shorter than its header says: pad, so the length holds
+                    block = np.zeros((left, file.channels), np.int16)
+                left -= len(block)
+                yield block.tobytes()
+
+    return chunks()

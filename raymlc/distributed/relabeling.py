@@ -46,6 +46,7 @@ from raymlc.data.float_lists import to_arrays
 from raymlc.distributed.cluster import ensure_ray
 from raymlc.distributed.scoring import decode_batch
 from raymlc.relabeling import PartAssembler, ProposalSummary, ReviewQueue, propose
+from raymlc.reviewing import QUEUE_SCHEMA
 
 RUN, PARTS, SUCCESS, SUMMARY = "_run.json", "_parts.json", "_SUCCESS", "summary.json"
 PART_DIR, REJECTS, REVIEW = "manifest", "rejects.parquet", "review_queue"
@@ -293,21 +294,7 @@ def _finalize(
                 queue.add(label, margin, row["row_index"], entry)
         queue.trim()
     review = queue.rows()
-    review_schema = pa.schema(
-        [
-            ("label", pa.string()),
-            ("rank", pa.int64()),
-            ("clip_id", pa.string()),
-            ("audio", pa.string()),
-            ("start_s", pa.float64()),
-            ("end_s", pa.float64()),
-            ("score", pa.float32()),
-            ("margin", pa.float32()),
-            ("labels", pa.list_(pa.string())),
-            ("row_index", pa.int64()),
-        ]
-    )
-    output.commit(f"{REVIEW}.parquet", _parquet_bytes(pa.Table.from_pylist(review, schema=review_schema)))
+    output.commit(f"{REVIEW}.parquet", _parquet_bytes(pa.Table.from_pylist(review, schema=QUEUE_SCHEMA)))
     output.commit(f"{REVIEW}.csv", _review_csv(review))
     reject_schema = pa.schema(
         [("row_index", pa.int64()), ("clip_id", pa.string()), ("audio", pa.string()), ("reason", pa.string())]

@@ -30,6 +30,7 @@ from ray.serve.config import AutoscalingConfig
 
 from raymlc.config import ServeConfig
 from raymlc.serving.app import BATCH_BUCKETS, LATENCY_BUCKETS, TaggerMetrics, build_api
+from raymlc.serving.auth import load_token
 from raymlc.serving.protocol import ServedModel, TagRow, tag_inputs
 
 APP_NAME = "tagger"
@@ -103,6 +104,7 @@ class TaggerDeployment:
     def __init__(self) -> None:
         self.config: ServeConfig | None = None
         self.model: ServedModel | None = None
+        self.token: str | None = None
         self.reload_error: str | None = None
         self.metrics = RayTaggerMetrics()
 
@@ -118,6 +120,7 @@ class TaggerDeployment:
         """
         try:
             config = ServeConfig.model_validate(user_config)
+            token = load_token(config.token_file)
             model = self.model
             if model is None or model.uri != config.bundle_uri:
                 model = await asyncio.to_thread(load_and_probe, config.bundle_uri)
@@ -131,7 +134,7 @@ class TaggerDeployment:
         torch.set_num_threads(config.torch_threads)
         self.tag_batch.set_max_batch_size(config.max_batch_size)
         self.tag_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
-        self.model, self.config, self.reload_error = model, config, None
+        self.model, self.config, self.token, self.reload_error = model, config, token, None
         self.metrics.set_model(model.version)
 
     async def check_health(self) -> None:
@@ -165,7 +168,8 @@ def run_local(
     config: ServeConfig, host: str, port: int, max_replicas: int = 1, log: Callable[[str], None] = print
 ) -> None:
     """Serve `config` on a Ray started in this process until SIGINT or SIGTERM, then shut Serve and Ray down."""
-    ServedModel.load(config.bundle_uri)  # fail on a bad bundle before starting anything
+    ServedModel.load(config.bundle_uri)  # fail on a bad bundle or token file before starting anything
+    load_token(config.token_file)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     stop = threading.Event()
     previous = {}

@@ -35,6 +35,7 @@ from raymlc.distributed.training import train_distributed
 from raymlc.flagging import FlagResult, crossfit_folds, flags_from_pairs, load_flags, save_flags
 from raymlc.metrics import SUMMARY_KEYS, SUMMARY_NAMES, average_precision_per_class, flag_quality, summarize
 from raymlc.report import write_report
+from raymlc.reviewing import queue_from_flags
 from raymlc.scoring import predict
 from raymlc.teacher_student import MODELS, recovered
 from raymlc.thresholds import fit_tagger_thresholds
@@ -98,39 +99,6 @@ def _perfect_flags(train_rows: pa.Table, vocabulary: LabelVocabulary, path: Path
     return path
 
 
-def _top_flags(result: FlagResult, train_rows: pa.Table, vocabulary: LabelVocabulary, top: int) -> pa.Table:
-    """The best-scored flags of each class with the clip's audio and segment, for a person to listen to."""
-    records = []
-    for c, label in enumerate(vocabulary.names):
-        for rank, (row, score) in enumerate(zip(result.class_rows(c)[:top], result.class_scores(c)[:top], strict=True)):
-            clip = train_rows.slice(int(row), 1).to_pylist()[0]
-            records.append(
-                {
-                    "label": label,
-                    "rank": rank + 1,
-                    "clip_id": clip["clip_id"],
-                    "audio": clip.get("audio"),
-                    "start_s": clip.get("start_s"),
-                    "end_s": clip.get("end_s"),
-                    "score": float(score),
-                    "removed": label in (clip.get("removed_labels") or []),
-                }
-            )
-    schema = pa.schema(
-        [
-            ("label", pa.string()),
-            ("rank", pa.int64()),
-            ("clip_id", pa.string()),
-            ("audio", pa.string()),
-            ("start_s", pa.float64()),
-            ("end_s", pa.float64()),
-            ("score", pa.float64()),
-            ("removed", pa.bool_()),
-        ]
-    )
-    return pa.Table.from_pylist(records, schema=schema)
-
-
 def run_pipeline(config: PipelineConfig, output: Path, log: Callable[[str], None] = print) -> dict:
     """Run every stage into `output`; returns (and writes) `metrics.json`."""
     ensure_ray()
@@ -153,7 +121,7 @@ def run_pipeline(config: PipelineConfig, output: Path, log: Callable[[str], None
         counts = pa.table({"label": list(vocabulary.names), "budget": result.budget, "flagged": result.counts})
         pq.write_table(counts, output / "flag_counts.parquet")
         pq.write_table(
-            _top_flags(result, train_rows, vocabulary, config.flagging.report_top),
+            queue_from_flags(result, train_rows, vocabulary, config.flagging.report_top),
             output / "flag_top.parquet",
         )
         run.mark_done("flags")

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import raymlc
 from raymlc.config import ServeConfig
+from raymlc.serving.auth import BearerAuth, load_token
 from raymlc.serving.protocol import (
     RequestError,
     ServedModel,
@@ -108,11 +109,12 @@ class TaggerMetrics:
 
 
 class TaggerBackend(Protocol):
-    """What the routes need: the current model and config (None until loaded), the last failed reload (None
-    once a reload succeeds), metrics, and inference."""
+    """What the routes need: the current model and config (None until loaded), the bearer token (None: open),
+    the last failed reload (None once a reload succeeds), metrics, and inference."""
 
     config: ServeConfig | None
     model: ServedModel | None
+    token: str | None
     reload_error: str | None
     metrics: TaggerMetrics
 
@@ -125,6 +127,7 @@ class DirectBackend:
     def __init__(self, config: ServeConfig) -> None:
         torch.set_num_threads(config.torch_threads)
         self.config: ServeConfig | None = config
+        self.token = load_token(config.token_file)
         self.metrics = TaggerMetrics()
         self.model: ServedModel | None = ServedModel.load(config.bundle_uri)
         self.reload_error: str | None = None
@@ -178,7 +181,8 @@ def build_api(backend: TaggerBackend) -> FastAPI:
     """The FastAPI app (OpenAPI at /docs) serving `backend`'s model."""
     app = FastAPI(title="raymlc tagger", version=raymlc.__version__, description=DESCRIPTION)
     app.add_middleware(_BodyLimit, backend=backend)
-    app.add_middleware(_RequestMetrics, metrics=backend.metrics)  # outermost: counts 413s and 500s too
+    app.add_middleware(BearerAuth, token=lambda: backend.token, protected=("/v1/",))  # /healthz, /metrics open
+    app.add_middleware(_RequestMetrics, metrics=backend.metrics)  # outermost: counts 401s, 413s and 500s too
     app.add_exception_handler(RequestError, _request_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
