@@ -227,16 +227,14 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 def cmd_apply_review(args: argparse.Namespace) -> int:
-    from raymlc.reviewing import ReviewError, write_reviewed_manifest
+    from raymlc.reviewing import OUTCOMES, ReviewError, write_reviewed_manifest
 
     try:
         summary = write_reviewed_manifest(args.input, Path(args.decisions), Path(args.output), args.format)
     except ReviewError as error:
         print(f"raymlc apply-review: error: {error}", file=sys.stderr)
         return 2
-    counts = ", ".join(
-        f"{summary[key]} {key}" for key in ("accepted", "rejected", "unsure", "conflict", "contradicted")
-    )
+    counts = ", ".join(f"{summary[key]} {key}" for key in OUTCOMES)
     print(f"wrote {args.output}: {counts} over {summary['reviewed_clips']} clips ({summary['conflict_rule']})")
     if summary["unknown_clips"]:
         print(f"{summary['unknown_clips']} decided clips are not in the manifest: {summary['unknown_clip_ids']}")

@@ -130,6 +130,12 @@ class FlagResult:
     rows: np.ndarray  # int64 [F]
     scores: np.ndarray  # float64 [F]
 
+    @classmethod
+    def from_ranked(cls, budget: np.ndarray, counts: np.ndarray, rows: np.ndarray, scores: np.ndarray) -> FlagResult:
+        """A result from its flags already grouped by class in rank order, `counts[c]` of them for class c."""
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return cls(np.asarray(budget, np.int64), offsets, np.asarray(rows, np.int64), np.asarray(scores, np.float64))
+
     @property
     def num_classes(self) -> int:
         return len(self.offsets) - 1
@@ -242,12 +248,11 @@ class TopKFlagger:
     def result(self) -> FlagResult:
         """The flags selected so far, per class in rank order."""
         ranked = [_ranked(s, r) for s, r in zip(self._scores, self._rows, strict=True)]
-        counts = np.array([len(r) for _, r in ranked], dtype=np.int64)
-        return FlagResult(
-            budget=self.budget.copy(),
-            offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-            rows=np.concatenate([r for _, r in ranked]) if ranked else np.empty(0, np.int64),
-            scores=np.concatenate([s for s, _ in ranked]) if ranked else np.empty(0, np.float64),
+        return FlagResult.from_ranked(
+            self.budget.copy(),
+            [len(r) for _, r in ranked],
+            np.concatenate([r for _, r in ranked]) if ranked else np.empty(0, np.int64),
+            np.concatenate([s for s, _ in ranked]) if ranked else np.empty(0, np.float64),
         )
 
 
@@ -283,12 +288,7 @@ def load_flags(path: str) -> FlagResult:
     table = pq.read_table(path)
     budget = np.array(json.loads(table.schema.metadata[FLAGS_BUDGET_KEY]), dtype=np.int64)
     counts = np.bincount(table["class_index"].to_numpy(), minlength=len(budget))
-    return FlagResult(
-        budget=budget,
-        offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-        rows=table["row_index"].to_numpy().astype(np.int64),
-        scores=table["score"].to_numpy().astype(np.float64),
-    )
+    return FlagResult.from_ranked(budget, counts, table["row_index"].to_numpy(), table["score"].to_numpy())
 
 
 def flags_from_pairs(
@@ -300,13 +300,8 @@ def flags_from_pairs(
     classes = np.asarray(classes, dtype=np.int64)
     scores = np.ones(len(rows)) if scores is None else np.asarray(scores, dtype=np.float64)
     order = np.lexsort((rows, -scores, classes))
-    counts = np.bincount(classes, minlength=num_classes).astype(np.int64)
-    return FlagResult(
-        budget=counts,
-        offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-        rows=rows[order],
-        scores=scores[order],
-    )
+    counts = np.bincount(classes, minlength=num_classes)
+    return FlagResult.from_ranked(counts, counts, rows[order], scores[order])
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
