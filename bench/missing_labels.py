@@ -37,7 +37,7 @@ from sklearn.metrics import roc_auc_score
 
 from raymlc import features, flagging, losses, models, scoring, teacher_student, training
 from raymlc.config import DemoConfig, MixtureConfig, TaggerConfig, load_config
-from raymlc.data import LabelVocabulary
+from raymlc.data import LabelVocabulary, stream
 from raymlc.data.dataset import Dataset, SplitData, load_dataset, load_manifest_table
 from raymlc.data.demo import make_demo
 from raymlc.data.mixtures import make_fsdd_mixtures
@@ -48,7 +48,7 @@ from raymlc.teacher_student import ModelSpec, Outputs, flag_report, model_metric
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 RESULTS = REPO / "bench" / "results" / "missing_labels"
-TRAINING_CODE = (features, flagging, losses, models, scoring, teacher_student, training)
+TRAINING_CODE = (features, flagging, losses, models, scoring, stream, teacher_student, training)
 CLEANLAB = threading.Lock()
 MODEL_COLUMNS = ("teacher", "student", "random", "cleanlab", "perfect_mask", "oracle")
 

@@ -89,6 +89,16 @@ class DataConfig(Strict):
     val_fraction: float = Field(0.15, ge=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
     split_seed: int = 0
+    # Folder that relative `audio` paths are relative to (local path or URI); default: the manifest's folder.
+    audio_root: str | None = None
+    # Before training, a split with more unreadable clips than this fraction stops the stage.
+    max_reject_fraction: float = Field(0.05, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_audio_root(self) -> Self:
+        if "audio_root" in self.options:
+            raise ValueError("set data.audio_root, not data.options.audio_root (it applies to every format)")
+        return self
 
 
 class FrontEndConfig(Strict):
@@ -121,7 +131,13 @@ class TrainConfig(Strict):
     """The single-process training loop (Ray Train wraps the same loop)."""
 
     epochs: int = Field(20, ge=1)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1)  # the global batch: W data-parallel workers take batch_size / W each
+    # Optimizer steps per epoch; default ceil(train clips / batch_size), i.e. one pass over the train split.
+    steps_per_epoch: int | None = Field(None, ge=1)
+    # "uniform": a seeded permutation per epoch; "balanced": drawn with replacement, a clip's weight being the
+    # sum over its labels of 1 / (the label's train frequency), as PANNs and PSLA sample AudioSet.
+    sampler: Literal["uniform", "balanced"] = "uniform"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype of the forward pass (fp16 scales grads)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     loss: Literal["bce", "sigmoid_f1"] = "bce"
@@ -184,6 +200,12 @@ class RayTrainConfig(Strict):
     cpus_per_worker: float = Field(0.5, gt=0)
     use_gpu: bool = False
     torch_threads: int = Field(1, ge=1)
+    # Each worker's batches are read (decoded, cropped) by Ray tasks, this many ahead of its training step.
+    readers_per_worker: int = Field(1, ge=1)
+    # CPUs a reader task reserves. 0 (like PyTorch DataLoader workers): readers run beside the training
+    # processes and can never wait for CPUs those hold; > 0 reserves CPUs, so on a cluster they go to nodes
+    # with free CPUs.
+    cpus_per_reader: float = Field(0.0, ge=0)
     storage_path: str = "runs/ray"  # local directory or s3://, gs:// URI
     max_failures: int = Field(2, ge=-1)
 
@@ -254,6 +276,15 @@ class PipelineConfig(TaggerConfig):
     flagging: FlaggingConfig = Field(default_factory=FlaggingConfig)
     student_loss: Literal["bce", "sigmoid_f1"] = "bce"
     references: bool = True  # also train the oracle and perfect-mask students when removed_labels exist
+
+    @model_validator(mode="after")
+    def _global_batch(self) -> Self:
+        if self.train.batch_size % self.ray.num_workers:
+            raise ValueError(
+                f"train.batch_size ({self.train.batch_size}) is the global batch and must be a multiple of "
+                f"ray.num_workers ({self.ray.num_workers})"
+            )
+        return self
 
 
 class FloatRange(Strict):

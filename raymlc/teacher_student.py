@@ -28,6 +28,7 @@ import torch
 
 from raymlc.config import PipelineConfig
 from raymlc.data.dataset import Dataset, SplitData
+from raymlc.data.stream import EpochPlan, MemoryClips, class_balanced
 from raymlc.decision_rules import fit_per_class, per_class
 from raymlc.flagging import (
     FlagResult,
@@ -89,8 +90,10 @@ def train_and_score(config: PipelineConfig, dataset: Dataset, spec: ModelSpec, e
         fit_rows, held_out = fold_rows(config, len(train), spec.holdout_fold)
         train, scored = train.take(fit_rows), train.take(held_out)
     torch.manual_seed(config.train.seed)
-    model = new_model(config, len(dataset.vocabulary), train)
-    fit(model, train, None, config.train, config.window_samples, mask=loss_mask(spec.flags, len(train)))
+    model = new_model(config, len(dataset.vocabulary), None if train.is_audio else train.inputs)
+    source = MemoryClips(train, config.window_samples, loss_mask(spec.flags, len(train)))
+    weights = class_balanced(*np.nonzero(train.targets), len(train)) if config.train.sampler == "balanced" else None
+    fit(model, source, EpochPlan.of(config.train, len(train), weights), None, config.train, config.window_samples)
     batch, window = config.train.eval_batch_size, config.window_samples
     outputs = {}
     for name, data in (("train", scored), ("val", dataset.val), ("test", dataset.test)):

@@ -24,11 +24,18 @@ def train_pid_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_session(train_pid_dir: Path):
+def train_trace_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where Train workers save `{run name}-rank{N}-epoch{E}.npy`: the train rows of each batch they trained on."""
+    return tmp_path_factory.mktemp("train-traces")
+
+
+@pytest.fixture(scope="session")
+def ray_session(train_pid_dir: Path, train_trace_dir: Path):
     """One local Ray for the whole test session (2 CPUs, small object store, no dashboard)."""
     import os
 
     os.environ["RAYMLC_TRAIN_PID_DIR"] = str(train_pid_dir)
+    os.environ["RAYMLC_TRAIN_TRACE_DIR"] = str(train_trace_dir)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     import ray

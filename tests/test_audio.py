@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from raymlc.data.audio import AudioError, decode_audio, decode_clips, eval_windows, fit_window
+from raymlc.data.audio import AudioError, Window, decode_audio, decode_clips, eval_windows, fit_window, probe_audio
 
 SR = 16000
 FREQ = 1000.0
@@ -191,14 +191,42 @@ def test_fit_window_crops_and_pads():
     wave = np.arange(10, dtype=np.float32)
     np.testing.assert_array_equal(fit_window(wave, 4), [0, 1, 2, 3])
     np.testing.assert_array_equal(fit_window(wave[:3], 5), [0, 1, 2, 0, 0])
-    np.testing.assert_array_equal(fit_window(wave[:3], 5, np.random.default_rng(0)), [0, 1, 2, 0, 0])
-    np.testing.assert_array_equal(fit_window(wave, 10, np.random.default_rng(0)), wave)
-    crops = [fit_window(wave, 4, np.random.default_rng(seed)) for seed in range(20)]
-    for crop in crops:
-        assert crop.dtype == np.float32 and np.array_equal(crop, np.arange(crop[0], crop[0] + 4))
-    assert len({c[0] for c in crops}) > 1
-    again = fit_window(wave, 4, np.random.default_rng(3))
-    np.testing.assert_array_equal(again, crops[3])
+    np.testing.assert_array_equal(fit_window(wave[:3], 5, key=0), [0, 1, 2, 0, 0])
+    np.testing.assert_array_equal(fit_window(wave, 10, key=0), wave)
+    crops = [fit_window(wave, 4, key=key) for key in range(40)]
+    for key, crop in enumerate(crops):
+        start = np.random.default_rng(key).integers(0, 7)  # uniform over the 7 possible starts
+        assert crop.dtype == np.float32 and np.array_equal(crop, np.arange(start, start + 4))
+    assert {c[0] for c in crops} == set(range(7))
+
+
+@pytest.mark.parametrize("rate", [SR, 8000])
+def test_window_decodes_only_the_crop_of_the_segment(tmp_path, rate):
+    ramp = (np.arange(rate * 2) % 1000 - 500) / 1024
+    path = _write(tmp_path / "ramp.flac", ramp, rate, subtype="PCM_16")
+    segment = decode_audio(path, clip_id="c", sample_rate=SR, start_s=0.5, end_s=1.5)
+    for key in range(5):
+        window = Window(n_samples=4000, sample_rate=SR, key=key)
+        crop = decode_audio(path, clip_id="c", sample_rate=SR, start_s=0.5, end_s=1.5, window=window)
+        expected = fit_window(segment, 4000, key=key)  # the same crop of the whole decoded segment
+        assert crop.shape == (4000,)
+        if rate == SR:
+            np.testing.assert_array_equal(crop, expected)
+        else:  # resampled from the crop alone: equal away from the edges the filter sees differently
+            np.testing.assert_allclose(crop[200:-200], expected[200:-200], atol=2e-3)
+    short = decode_audio(path, clip_id="c", sample_rate=SR, start_s=1.9, window=Window(4000, SR, key=1))
+    assert short.shape == (4000,) and not short[1700:].any()  # 0.1 s of audio, zero-padded
+
+
+def test_probe_reads_headers_only(tmp_path):
+    path = _write(tmp_path / "a.wav", _stereo_sine(SR))
+    probe_audio(path, clip_id="a", start_s=0.5)
+    with pytest.raises(AudioError, match="empty segment"):
+        probe_audio(path, clip_id="a", start_s=2.0)
+    with pytest.raises(AudioError, match="file not found"):
+        probe_audio(str(tmp_path / "missing.wav"), clip_id="m")
+    with pytest.raises(AudioError, match="cannot decode"):
+        probe_audio(str(_corrupt(tmp_path)), clip_id="x")
 
 
 @pytest.mark.parametrize(

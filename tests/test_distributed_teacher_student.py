@@ -89,12 +89,14 @@ def test_pipeline_runs_every_stage(ray_session, tiny_demo: Path, tmp_path: Path)
         assert metrics[name]["map"] == pytest.approx(reference, abs=1e-6), name
     assert (output / "report.md").exists() and (output / "ap_per_class.png").exists()
 
-    # The corrupt clip is reported with a reason and skipped; every other train clip is scored once.
+    # The corrupt clip is reported with a reason and left out (before the teacher); every other train clip is
+    # scored once.
     rejects = pq.read_table(output / "rejects.parquet").to_pylist()
     assert [r["clip_id"] for r in rejects] == ["corrupt-clip"] and rejects[0]["reason"]
     assert any("corrupt-clip" in line for line in lines)
     scores = pq.read_table(output / "scores")
-    assert len(scores) == 81 and len(set(scores["clip_id"].to_pylist())) == 81
+    assert len(scores) == 80 and len(set(scores["clip_id"].to_pylist())) == 80
+    assert "corrupt-clip" not in scores["clip_id"].to_pylist()
 
     # Flags: 5 % of each class's implicit negatives (round half up), never a positive or explicit negative.
     train = manifest.filter(pc.equal(manifest["split"], "train"))
@@ -128,11 +130,9 @@ def test_pipeline_runs_every_stage(ray_session, tiny_demo: Path, tmp_path: Path)
     }
     assert table_flags == named
 
-    # The perfect mask flags exactly the removed labels of the train split (positions in the train split).
+    # The perfect mask flags exactly the removed labels of the readable train clips (positions among them).
     perfect = load_flags(str(output / "perfect_flags.parquet"))
-    removed = multi_hot(
-        manifest.filter(pc.equal(manifest["split"], "train"))["removed_labels"].to_pylist(), vocabulary.names
-    )
+    removed = multi_hot(train["removed_labels"].to_pylist(), vocabulary.names)
     perfect_pairs = {(int(r), c) for c in range(len(vocabulary)) for r in perfect.class_rows(c)}
     assert perfect_pairs == {(int(r), int(c)) for r, c in zip(*np.nonzero(removed), strict=True)} and perfect_pairs
 
@@ -164,14 +164,16 @@ def test_pipeline_crossfit_scores_each_fold_out_of_sample(ray_session, tiny_demo
     output = tmp_path / "run"
     run_pipeline(config, output, log=lambda line: None)
 
-    # Every scored train clip was scored once, by the teacher of the fold that did not train on it.
+    # Every readable train clip (the corrupt one is rejected before the teachers) was scored once, by the
+    # teacher of the fold that did not train on it.
     manifest = pq.read_table(tiny_demo)
     train = manifest.filter(pc.equal(manifest["split"], "train"))
+    train = train.filter(pc.not_equal(train["clip_id"], "corrupt-clip"))
     folds = crossfit_folds(len(train), 2, config.train.seed)
     for fold in range(2):
         scored = pq.read_table(output / "scores" / f"fold{fold}").sort_by("row_index")
         scored = scored.filter(pc.is_null(scored["error"]))
-        expected = [i for i in np.flatnonzero(folds == fold) if train["clip_id"][int(i)].as_py() != "corrupt-clip"]
+        expected = np.flatnonzero(folds == fold).tolist()
         assert scored["row_index"].to_pylist() == expected
         model, _, _ = load_checkpoint(output / f"teacher-fold{fold}" / "checkpoint.pt")
         row = train.slice(expected[0], 1).to_pylist()[0]

@@ -16,11 +16,13 @@ import pytest
 from raymlc.config import PipelineConfig
 from raymlc.data import LabelVocabulary, normalize_manifest
 from raymlc.data.dataset import SplitData, load_split
-from raymlc.distributed.training import flag_mask, shard_positions, train_distributed
+from raymlc.data.stream import EpochPlan
+from raymlc.distributed.training import flag_mask, readable_splits, train_distributed
 from raymlc.flagging import flags_from_pairs, save_flags
 from raymlc.scoring import evaluate
 
 pytestmark = pytest.mark.slow
+VOCABULARY = LabelVocabulary(["a", "b", "c"])
 
 
 def write_features_manifest(path: Path, n_train: int, dim: int = 16, seed: int = 0) -> Path:
@@ -43,26 +45,20 @@ def write_features_manifest(path: Path, n_train: int, dim: int = 16, seed: int =
     return path
 
 
-def pipeline_config(manifest: Path, storage: Path, epochs: int, **train) -> PipelineConfig:
+def pipeline_config(manifest: Path, storage: Path, epochs: int, num_workers: int = 2, **train) -> PipelineConfig:
     return PipelineConfig.model_validate(
         {
             "data": {"manifest": str(manifest)},
             "model": {"kind": "mlp", "hidden": [32], "embedding_dim": 16, "dropout": 0.0},
             "train": {"epochs": epochs, "batch_size": 32, "lr": 0.01, **train},
             "ray": {
-                "num_workers": 2,
+                "num_workers": num_workers,
                 "cpus_per_worker": 0.5,
                 "storage_path": str(storage),
                 "max_failures": 2,
             },
         }
     )
-
-
-def test_shard_positions_cover_all_rows_with_equal_lengths() -> None:
-    shards = [shard_positions(7, rank, 3) for rank in range(3)]
-    assert [len(s) for s in shards] == [3, 3, 3]
-    assert set(np.concatenate(shards)) == set(range(7))
 
 
 def test_flag_mask_zeroes_flagged_entries_of_the_loaded_shard_clips(tmp_path: Path) -> None:
@@ -78,25 +74,58 @@ def test_flag_mask_zeroes_flagged_entries_of_the_loaded_shard_clips(tmp_path: Pa
     assert mask.dtype == np.float32
 
 
+def train(config: PipelineConfig, name: str, vocabulary: LabelVocabulary = VOCABULARY):
+    splits, _ = readable_splits(config)
+    return train_distributed(config, name, vocabulary, splits)
+
+
+def traces(trace_dir: Path, name: str, rank: int, epoch: int) -> np.ndarray:
+    """[steps, worker batch] train rows that worker `rank` of run `name` trained on in `epoch`."""
+    return np.load(trace_dir / f"{name}-rank{rank}-epoch{epoch}.npy")
+
+
 def test_two_workers_learn_and_rerun_resumes(ray_session, tmp_path: Path) -> None:
     manifest = write_features_manifest(tmp_path / "m.parquet", n_train=600)
-    vocabulary = LabelVocabulary(["a", "b", "c"])
-    first = train_distributed(pipeline_config(manifest, tmp_path / "ray", 3), "run", vocabulary)
+    first = train(pipeline_config(manifest, tmp_path / "ray", 3), "run")
     assert [r["epoch"] for r in first.history] == [1, 2, 3]
     assert all("val_map" in r for r in first.history)
 
     # Same name, more epochs: continues from epoch 3 instead of starting again.
-    second = train_distributed(pipeline_config(manifest, tmp_path / "ray", 5), "run", vocabulary)
+    second = train(pipeline_config(manifest, tmp_path / "ray", 5), "run")
     assert [r["epoch"] for r in second.history] == [1, 2, 3, 4, 5]
     assert second.history[:3] == first.history
 
     table = pq.read_table(manifest)
-    test = load_split(table, vocabulary, "test", pipeline_config(manifest, tmp_path / "ray", 5))
+    test = load_split(table, VOCABULARY, "test", pipeline_config(manifest, tmp_path / "ray", 5))
     assert evaluate(second.load_model(), test, 64, None)["map"] > 0.9
 
 
-def test_killed_worker_is_replaced_and_training_finishes(ray_session, train_pid_dir: Path, tmp_path: Path) -> None:
-    manifest = write_features_manifest(tmp_path / "m.parquet", n_train=30000)
+def test_workers_share_every_global_batch_of_the_plan(ray_session, train_trace_dir: Path, tmp_path: Path) -> None:
+    # 100 train rows, global batch 32: 4 steps, the last one padded with the first 28 rows of the permutation.
+    manifest = write_features_manifest(tmp_path / "m.parquet", n_train=100)
+    for workers in (1, 2):
+        config = pipeline_config(manifest, tmp_path / "ray", 2, num_workers=workers)
+        train(config, f"w{workers}")
+        plan = EpochPlan(n_rows=100, batch_size=32, steps=4, seed=0)
+        for epoch in range(2):
+            shares = [traces(train_trace_dir, f"w{workers}", rank, epoch) for rank in range(workers)]
+            assert all(share.shape == (4, 32 // workers) for share in shares)  # per-worker batch = global / W
+            steps = np.concatenate(shares, axis=1)  # step k of every worker: global batch k
+            np.testing.assert_array_equal(steps.ravel(), plan.slots(epoch)[0])
+            counts = np.bincount(steps.ravel(), minlength=100)
+            assert counts.min() == 1 and counts.sum() - 100 == 28  # every row once, 28 padding repeats
+    # The same seed and worker count: the same batches again.
+    train(pipeline_config(manifest, tmp_path / "ray", 2, num_workers=2), "w2-again")
+    for rank in range(2):
+        np.testing.assert_array_equal(
+            traces(train_trace_dir, "w2-again", rank, 1), traces(train_trace_dir, "w2", rank, 1)
+        )
+
+
+def test_killed_worker_is_replaced_and_training_finishes(
+    ray_session, train_pid_dir: Path, train_trace_dir: Path, tmp_path: Path
+) -> None:
+    manifest = write_features_manifest(tmp_path / "m.parquet", n_train=6000)
     config = pipeline_config(manifest, tmp_path / "ray", 4, batch_size=16)
     pid_file = train_pid_dir / "kill-rank1.pid"
     killed: list[int] = []
@@ -113,8 +142,13 @@ def test_killed_worker_is_replaced_and_training_finishes(ray_session, train_pid_
 
     killer = threading.Thread(target=kill_rank1_after_first_checkpoint, daemon=True)
     killer.start()
-    result = train_distributed(config, "kill", LabelVocabulary(["a", "b", "c"]))
+    result = train(config, "kill")
     killer.join(timeout=5)
     assert killed, "rank 1 was never killed"
     assert int(pid_file.read_text()) != killed[0]  # a new worker took over
     assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
+    # The replacement rebuilt the stream of the epochs after the checkpoint: still the plan's batches.
+    plan = EpochPlan(n_rows=6000, batch_size=16, steps=375, seed=0)
+    for epoch in range(4):
+        steps = np.concatenate([traces(train_trace_dir, "kill", rank, epoch) for rank in range(2)], axis=1)
+        np.testing.assert_array_equal(steps.ravel(), plan.slots(epoch)[0])

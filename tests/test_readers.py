@@ -224,7 +224,7 @@ def test_fsd50k(tmp_path: Path) -> None:
 
 def test_fsd50k_without_split_and_errors(tmp_path: Path) -> None:
     path = write(tmp_path, "eval.csv", 'fname,labels,mids\n37199,"Bark,Dog","/m/05tny_,/m/0bt9lr"\n')
-    table = read_fsd50k(path, audio_root="/audio/eval")
+    table = read_manifest(path, format="fsd50k", audio_root="/audio/eval")
     assert table.column("audio").to_pylist() == ["/audio/eval/37199.wav"]
     assert table.column("split").to_pylist() == [None]
     bad_split = write(tmp_path, "bad.csv", "fname,labels,mids,split\n1,Bark,/m/05tny_,holdout\n")

@@ -7,6 +7,7 @@ from raymlc.config import DataConfig, FrontEndConfig, ModelConfig, TaggerConfig,
 from raymlc.data import LabelVocabulary, ManifestError, normalize_manifest
 from raymlc.data.audio import eval_windows
 from raymlc.data.dataset import SplitData, load_split
+from raymlc.data.stream import EpochPlan, MemoryClips
 from raymlc.models import AudioCNN, FeatureMLP
 from raymlc.scoring import evaluate, predict
 from raymlc.training import fit
@@ -44,7 +45,8 @@ def test_mlp_learns_separable_labels() -> None:
     vocabulary, train, val, test = mlp_data()
     model = FeatureMLP(10, ModelConfig(kind="mlp", hidden=[32], embedding_dim=16, dropout=0.0), len(vocabulary))
     model.set_standardization(torch.from_numpy(train.inputs))
-    history = fit(model, train, val, TrainConfig(epochs=30, batch_size=32, lr=0.01), None)
+    config = TrainConfig(epochs=30, batch_size=32, lr=0.01)
+    history = fit(model, MemoryClips(train, None), EpochPlan.of(config, len(train)), val, config, None)
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert evaluate(model, test, 64, None)["map"] > 0.9
 
@@ -55,7 +57,8 @@ def test_masked_entries_do_not_train() -> None:
     head_before = model.head.weight.detach().clone()
     mask = np.ones_like(train.targets)
     mask[:, 0] = 0.0  # class "a" never counts in the loss
-    fit(model, train, None, TrainConfig(epochs=2, weight_decay=0.0), None, mask=mask)
+    config = TrainConfig(epochs=2, weight_decay=0.0)
+    fit(model, MemoryClips(train, None, mask), EpochPlan.of(config, len(train)), None, config, None)
     torch.testing.assert_close(model.head.weight[0], head_before[0], rtol=0, atol=0)
     assert not torch.equal(model.head.weight[1], head_before[1])
 
@@ -109,3 +112,15 @@ def test_split_needs_the_column_the_model_eats() -> None:
     )
     with pytest.raises(ManifestError, match="cnn model needs a manifest with a 'audio' column"):
         load_split(features, LabelVocabulary(["x"]), None, AUDIO)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_on_the_cpu(precision: str) -> None:
+    vocabulary, train, val, test = mlp_data()
+    model = FeatureMLP(10, ModelConfig(kind="mlp", hidden=[32], embedding_dim=16, dropout=0.0), len(vocabulary))
+    model.set_standardization(torch.from_numpy(train.inputs))
+    config = TrainConfig(epochs=30, batch_size=32, lr=0.01, precision=precision)
+    history = fit(model, MemoryClips(train, None), EpochPlan.of(config, len(train)), val, config, None)
+    assert all(np.isfinite(r["train_loss"]) for r in history)
+    assert evaluate(model, test, 64, None)["map"] > 0.9
+    assert next(model.parameters()).dtype == torch.float32  # autocast: the weights stay fp32

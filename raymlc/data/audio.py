@@ -6,6 +6,7 @@ import math
 import re
 import struct
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
@@ -74,18 +75,51 @@ def _check_truncated_wav(file: sf.SoundFile, clip_id: str) -> None:
         raise AudioError(clip_id, f"truncated file: header promises {match[1]} data bytes, found {match[2]}")
 
 
-def _read(handle: str | IO[bytes], clip_id: str, start_s: float | None, end_s: float | None) -> tuple[np.ndarray, int]:
-    """The [start_s, end_s) segment as [frames, channels] float32 and the file's sample rate."""
+def _read(
+    handle: str | IO[bytes], clip_id: str, start_s: float | None, end_s: float | None, window: Window | None
+) -> tuple[np.ndarray, int, int]:
+    """The [start_s, end_s) segment, or only the frames holding `window`'s crop, as [frames, channels]
+    float32; the file's sample rate; the samples (at the window's rate) to drop before the crop."""
     with sf.SoundFile(handle) as file:
         _check_truncated_wav(file, clip_id)
         start, stop = _frame_range(start_s, end_s, file.samplerate, file.frames, clip_id)
+        skip = 0
+        if window is not None:
+            start, stop, skip = window.file_frames(start, stop, file.samplerate)
         if start:
             file.seek(start)
         data = file.read(stop - start, dtype="float32", always_2d=True)
         missing = stop - start - len(data)
         if missing > _LENGTH_TOLERANCE.get(file.format, 0.0) * file.frames or not len(data):
             raise AudioError(clip_id, f"truncated file: decoded {len(data)} of {stop - start} frames")
-        return data, file.samplerate
+        return data, file.samplerate, skip
+
+
+def crop_offset(length: int, n_samples: int, key: int | None) -> int:
+    """Where a training crop of `n_samples` starts in a clip of `length` samples: drawn uniformly by the
+    seeded generator of `key` (one per batch slot, so a crop never depends on which process reads it),
+    0 without a key or when the clip is not longer than the window."""
+    if key is None or length <= n_samples:
+        return 0
+    return int(np.random.default_rng(key).integers(0, length - n_samples + 1))
+
+
+@dataclass(frozen=True)
+class Window:
+    """A crop of `n_samples` at `sample_rate`, placed in the clip by `crop_offset(…, key)`."""
+
+    n_samples: int
+    sample_rate: int
+    key: int | None = None
+
+    def file_frames(self, start: int, stop: int, file_rate: int) -> tuple[int, int, int]:
+        """[first, last) frames of the file that hold the crop of the segment [start, stop), and how many
+        samples (at `sample_rate`) of those frames come before the crop."""
+        ratio = file_rate / self.sample_rate
+        offset = crop_offset(round((stop - start) / ratio), self.n_samples, self.key)
+        first = start + math.floor(offset * ratio)
+        skip = offset - round((first - start) / ratio)
+        return first, min(stop, first + math.ceil((self.n_samples + skip) * ratio) + 1), skip
 
 
 def decode_audio(
@@ -95,8 +129,10 @@ def decode_audio(
     sample_rate: int,
     start_s: float | None = None,
     end_s: float | None = None,
+    window: Window | None = None,
 ) -> np.ndarray:
-    """Mono float32 audio of `source` at `sample_rate`, only the [start_s, end_s) segment when given.
+    """Mono float32 audio of `source` at `sample_rate`, only the [start_s, end_s) segment when given, and
+    with `window` only that crop of it (exactly `window.n_samples`, zero-padded; only the crop is decoded).
 
     Local paths are read with soundfile; URIs with a scheme (s3://, gs://, file://) through pyarrow.fs.
     Any failure is raised as `AudioError` naming the clip.
@@ -107,7 +143,7 @@ def decode_audio(
     try:
         handle = _open(source, clip_id)
         try:
-            data, file_rate = _read(handle, clip_id, start_s, end_s)
+            data, file_rate, skip = _read(handle, clip_id, start_s, end_s, window)
         finally:
             if not isinstance(handle, str):
                 handle.close()
@@ -120,15 +156,35 @@ def decode_audio(
     wave = data.mean(axis=1, dtype=np.float32)
     if file_rate != sample_rate:
         wave = AF.resample(torch.from_numpy(wave), file_rate, sample_rate).numpy()
-    return wave
+    return wave if window is None else fit_window(wave[skip:], window.n_samples)
 
 
-def fit_window(wave: np.ndarray, n_samples: int, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Exactly `n_samples`: a random crop of longer clips when `rng` is given, else the left-aligned
-    window; shorter clips are zero-padded on the right."""
+def probe_audio(source: str, *, clip_id: str, start_s: float | None = None, end_s: float | None = None) -> None:
+    """Check from the file's header, without decoding, that the clip exists, opens and has a non-empty
+    [start_s, end_s) segment; `AudioError` naming the clip otherwise."""
+    if not source:
+        raise AudioError(clip_id, "no audio path")
+    try:
+        handle = _open(source, clip_id)
+        try:
+            with sf.SoundFile(handle) as file:
+                _check_truncated_wav(file, clip_id)
+                _frame_range(start_s, end_s, file.samplerate, file.frames, clip_id)
+        finally:
+            if not isinstance(handle, str):
+                handle.close()
+    except AudioError:
+        raise
+    except _DECODE_ERRORS as error:
+        raise AudioError(clip_id, f"cannot decode {source}: {error}") from error
+
+
+def fit_window(wave: np.ndarray, n_samples: int, key: int | None = None) -> np.ndarray:
+    """Exactly `n_samples`: the crop at `crop_offset(len(wave), n_samples, key)` (the left-aligned window
+    without a key); shorter clips are zero-padded on the right."""
     wave = np.asarray(wave, dtype=np.float32)
     if len(wave) > n_samples:
-        start = int(rng.integers(0, len(wave) - n_samples + 1)) if rng is not None else 0
+        start = crop_offset(len(wave), n_samples, key)
         return wave[start : start + n_samples].copy()
     return np.pad(wave, (0, n_samples - len(wave)))
 

@@ -7,20 +7,26 @@ targets); `load_dataset` does all three splits.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from raymlc.config import TaggerConfig
-from raymlc.data.audio import decode_clips
+from raymlc.data.audio import AudioError, decode_clips, probe_audio
 from raymlc.data.manifest import read_manifest
 from raymlc.data.schema import ManifestError
 from raymlc.data.splits import assign_splits
 from raymlc.data.vocabulary import LabelVocabulary
 
 SPLITS = ("train", "val", "test")
+REJECTS = "rejects.parquet"
+REJECTS_SCHEMA = pa.schema([(name, pa.string()) for name in ("clip_id", "audio", "reason", "split")])
 
 
 @dataclass
@@ -74,10 +80,10 @@ class Dataset:
 def load_manifest_table(config: TaggerConfig) -> pa.Table:
     """The configured manifest with every row assigned to train/val/test."""
     data = config.data
-    table = read_manifest(data.manifest, format=data.format, **data.options)
+    table = read_manifest(data.manifest, format=data.format, audio_root=data.audio_root, **data.options)
     test_fraction = data.test_fraction
     if data.test_manifest:
-        test = read_manifest(data.test_manifest, format=data.format, **data.options)
+        test = read_manifest(data.test_manifest, format=data.format, audio_root=data.audio_root, **data.options)
         test = test.set_column(test.schema.get_field_index("split"), "split", pa.array(["test"] * len(test)))
         table = pa.concat_tables([table, test], promote_options="permissive")
         test_fraction = 0.0
@@ -97,6 +103,64 @@ def label_matrices(
     removed = vocabulary.encode(table.column("removed_labels").to_pylist(), clip_ids)
     explicit = vocabulary.encode(table.column("explicit_negatives").to_pylist(), clip_ids)
     return (np.maximum(labels, removed) if label_source == "clean" else labels), removed, explicit
+
+
+def feature_matrix(table: pa.Table) -> np.ndarray:
+    """The `features` column as float32 [N, D]."""
+    column = table.column("features").combine_chunks()
+    return column.values.to_numpy().reshape(len(column), column.type.list_size).astype(np.float32)
+
+
+def probe_rows(rows: pa.Table) -> list[dict]:
+    """{"clip_id", "audio", "reason"} of each row whose clip cannot be opened (`probe_audio`: headers only)."""
+    records = rows.select(["clip_id", "audio", "start_s", "end_s"]).to_pylist()
+
+    def reason(row: dict) -> str | None:
+        try:
+            probe_audio(row["audio"], clip_id=row["clip_id"], start_s=row["start_s"], end_s=row["end_s"])
+        except AudioError as error:
+            return error.reason
+        return None
+
+    with ThreadPoolExecutor(8) as pool:  # opening files is I/O: threads overlap it
+        reasons = list(pool.map(reason, records))
+    return [
+        {"clip_id": row["clip_id"], "audio": row["audio"], "reason": why}
+        for row, why in zip(records, reasons, strict=True)
+        if why is not None
+    ]
+
+
+def readable_rows(
+    table: pa.Table, config: TaggerConfig, probe: Callable[[pa.Table], list[dict]] = probe_rows
+) -> tuple[pa.Table, list[dict]]:
+    """`table` without the clips that cannot be opened, and those rejects (with their `split`), checked
+    before any training: an empty train or val split, or one in which more than
+    `data.max_reject_fraction` of the clips cannot be opened, is a `ManifestError` naming the split, the
+    count and the first clips with their reasons. `probe` finds the rejects of some rows (Ray Data passes
+    its own, over the cluster); feature manifests have nothing to open."""
+    rejects: list[dict] = []
+    for split in SPLITS:
+        rows = table.filter(pc.equal(table.column("split"), split))
+        if split != "test" and not len(rows):
+            raise ManifestError(f"{config.data.manifest}: the {split} split is empty")
+        found = probe(rows) if config.is_audio and len(rows) else []
+        limit = config.data.max_reject_fraction
+        if len(found) > limit * len(rows):
+            first = "; ".join(f"{r['clip_id']} ({r['reason']})" for r in found[:5])
+            raise ManifestError(
+                f"{config.data.manifest}: {len(found)} of the {len(rows)} clips of the {split} split "
+                f"({len(found) / len(rows):.1%}) cannot be read, more than data.max_reject_fraction = {limit:g}; "
+                f"first: {first}"
+            )
+        rejects += [reject | {"split": split} for reject in found]
+    rejected = pa.array([r["clip_id"] for r in rejects], type=pa.string())
+    return table.filter(pc.invert(pc.is_in(table.column("clip_id"), rejected))), rejects
+
+
+def write_rejects(path: os.PathLike | str, rejects: list[dict]) -> None:
+    """The clips left out of a run because they cannot be read: clip_id, audio, reason, split."""
+    pq.write_table(pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA), path)
 
 
 def load_split(
@@ -128,8 +192,7 @@ def load_split(
         inputs, loaded, rejects = decode_clips(rows.to_pylist(), sample_rate=config.frontend.sample_rate)
         table = table.take(pa.array(loaded, type=pa.int64()))
     else:
-        column = table.column("features").combine_chunks()
-        inputs = column.values.to_numpy().reshape(len(column), column.type.list_size).astype(np.float32)
+        inputs = feature_matrix(table)
     targets, removed, explicit = label_matrices(table, vocabulary, label_source)
     return SplitData(table.column("clip_id").to_pylist(), inputs, targets, removed, explicit, rejects)
 

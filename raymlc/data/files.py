@@ -54,5 +54,11 @@ def parent(path_or_uri: str) -> str:
 
 def sibling(path_or_uri: str, name: str) -> str:
     """The file called `name` in the folder of `path_or_uri`."""
-    folder = parent(path_or_uri)
-    return posixpath.join(folder, name) if is_uri(path_or_uri) else os.path.join(folder, name)
+    return under(parent(path_or_uri), name)
+
+
+def under(root: str, path: str) -> str:
+    """`path` as it is when it is a URI or an absolute local path, else relative to `root` (a folder or URI)."""
+    if is_uri(path) or os.path.isabs(os.path.expanduser(path)):
+        return os.path.expanduser(path) if not is_uri(path) else path
+    return posixpath.join(root, path) if is_uri(root) else os.path.join(absolute(root), path)

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raymlc.data.files import open_text, parent, resolve, sibling
+from raymlc.data.files import open_text, resolve, sibling
 from raymlc.data.schema import LABEL_COLUMNS, ManifestError, normalize_manifest
 from raymlc.data.vocabulary import declare_labels, declared_labels
 
@@ -35,7 +35,8 @@ def read_csv(path: str) -> pa.Table:
     List columns (`labels`, `explicit_negatives`, `removed_labels`) hold label names separated by `;`
     (names may contain commas, e.g. AudioSet's "Male speech, man speaking"); spaces around a name are
     dropped and an empty cell means no labels. `start_s`/`end_s` are numbers; an empty cell in them or in
-    `audio`/`split` is null. Audio paths are kept as written. Other columns are kept as strings.
+    `audio`/`split` is null. Audio paths are kept as written (`read_manifest` resolves relative ones).
+    Other columns are kept as strings.
     `features` is not supported in CSV: use Parquet.
     """
     header, records = _csv_records(path, required=("clip_id", "labels"))
@@ -56,17 +57,16 @@ def read_csv(path: str) -> pa.Table:
     return normalize_manifest(pa.table(columns), source=path)
 
 
-def read_audioset(path: str, class_index: str | None = None, audio_root: str | None = None) -> pa.Table:
+def read_audioset(path: str, class_index: str | None = None) -> pa.Table:
     """An AudioSet segment list (`YTID, start_seconds, end_seconds, "mid,mid,..."`, `#` comment lines).
 
     `class_index` is `class_labels_indices.csv` (`index,mid,display_name`; default: the one beside `path`);
     labels are display names and the vocabulary order is the class index order. `clip_id` is
-    `"{YTID}_{start:.3f}"`; `audio` is `"{audio_root}/{YTID}.flac"` with `audio_root` defaulting to the
-    folder of `path`; `start_s`/`end_s` are the segment's times in the YouTube video.
+    `"{YTID}_{start:.3f}"`; `audio` is the relative path `"{YTID}.flac"` (`read_manifest` resolves it
+    against `audio_root` or the list's folder); `start_s`/`end_s` are the segment's times in the video.
     """
     class_index = class_index or sibling(path, "class_labels_indices.csv")
     display_names = _audioset_classes(class_index)
-    root = audio_root or parent(path)
     columns: dict[str, list] = {name: [] for name in ("clip_id", "audio", "start_s", "end_s", "labels")}
     lines: list[int] = []
     for line, text in enumerate(open_text(path).splitlines(), start=1):
@@ -82,7 +82,7 @@ def read_audioset(path: str, class_index: str | None = None, audio_root: str | N
             raise ManifestError(f"{path}: line {line} (YTID {ytid!r}): MIDs {unknown} not in {class_index}")
         start_s = _number(start, "start_seconds", line, path)
         columns["clip_id"].append(f"{ytid}_{start_s:.3f}")
-        columns["audio"].append(f"{root}/{ytid}.flac")
+        columns["audio"].append(f"{ytid}.flac")
         columns["start_s"].append(start_s)
         columns["end_s"].append(_number(end, "end_seconds", line, path))
         columns["labels"].append([display_names[mid] for mid in mids])
@@ -102,18 +102,17 @@ def _audioset_classes(path: str) -> dict[str, str]:
     return display_names
 
 
-def read_fsd50k(path: str, audio_root: str | None = None) -> pa.Table:
+def read_fsd50k(path: str) -> pa.Table:
     """An FSD50K ground-truth CSV (`fname,labels,mids[,split]`; labels comma-separated in one quoted cell).
 
-    `clip_id` is `fname`; `audio` is `"{audio_root}/{fname}.wav"` with `audio_root` defaulting to the
-    folder of `path`; `split` (train/val/test) is kept when present, `mids` is ignored.
+    `clip_id` is `fname`; `audio` is the relative path `"{fname}.wav"` (resolved by `read_manifest`);
+    `split` (train/val/test) is kept when present, `mids` is ignored.
     """
     header, records = _csv_records(path, required=("fname", "labels"))
     _check_ids([record["fname"] for _, record in records], [line for line, _ in records], path)
-    root = audio_root or parent(path)
     columns: dict[str, list] = {
         "clip_id": [record["fname"] for _, record in records],
-        "audio": [f"{root}/{record['fname']}.wav" for _, record in records],
+        "audio": [f"{record['fname']}.wav" for _, record in records],
         "labels": [_split_names(record["labels"], ",") for _, record in records],
     }
     if "split" in header:

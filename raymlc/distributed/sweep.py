@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-import pyarrow.compute as pc
+import pyarrow as pa
 import ray.tune
 import torch
 import yaml
@@ -31,13 +31,13 @@ from ray.tune.search.optuna import OptunaSearch
 from raymlc.bundle import export_bundle
 from raymlc.checkpoint import CHECKPOINT, load_checkpoint
 from raymlc.config import PipelineConfig, SweepConfig
-from raymlc.data import LabelVocabulary, ManifestError
-from raymlc.data.dataset import load_manifest_table, load_split
+from raymlc.data import LabelVocabulary
+from raymlc.data.dataset import REJECTS, load_manifest_table, load_split, write_rejects
 from raymlc.data.files import absolute, write_json
 from raymlc.distributed.cluster import ensure_ray
 from raymlc.distributed.flagging import select_flags_local
 from raymlc.distributed.teacher_student import RunDirectory, teacher_scores
-from raymlc.distributed.training import build_trainer, flag_mask, seed_state
+from raymlc.distributed.training import build_trainer, flag_mask, readable_splits, seed_state
 from raymlc.flagging import save_flags
 from raymlc.scoring import evaluate
 from raymlc.sweep import (
@@ -67,6 +67,7 @@ class TrialSetup:
     scores_dir: str
     scores_version: str
     output: str
+    splits: dict[str, pa.Table]  # the readable train/val/test rows (probed once, before the teacher)
 
 
 class ObjectiveReport(TuneReportCallback):
@@ -139,6 +140,7 @@ def run_trial(params: dict, setup: TrialSetup) -> None:
         config,
         trial_id,
         vocabulary,
+        setup.splits,
         flags=str(flags_path) if flags_path else None,
         seeds=seeds,
         callbacks=[ObjectiveReport(f"val_{sweep.objective}", constants)],
@@ -148,10 +150,9 @@ def run_trial(params: dict, setup: TrialSetup) -> None:
     last = history[-1]
     values = [last[f"val_{sweep.objective}"]]
     if sweep.objective == "macro_f1":  # the trial's adaptive thresholds, judged on clips they were not fitted on
-        table = load_manifest_table(config)
-        train_rows = table.filter(pc.equal(table["split"], "train"))
+        train_rows = setup.splits["train"]
         train = load_split(train_rows, vocabulary, None, config)
-        val = load_split(table, vocabulary, "val", config)
+        val = load_split(setup.splits["val"], vocabulary, None, config)
         positions = np.arange(len(train_rows))
         mask = flag_mask(str(flags_path), train, train_rows, positions) if flags_path else None
         values = [validation_macro_f1(m, train, val, config, mask) for m in models]
@@ -261,8 +262,7 @@ def _export_best(best: dict, setup: TrialSetup, output: Path, log: Callable[[str
     (output / "best_config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
     model, _, vocabulary = load_checkpoint(Path(best["checkpoint_path"], CHECKPOINT))
     model.eval()
-    table = load_manifest_table(config)
-    splits = {name: load_split(table, vocabulary, name, config) for name in ("train", "val", "test")}
+    splits = {name: load_split(rows, vocabulary, None, config) for name, rows in setup.splits.items()}
     window = config.window_samples
     fitted = fit_tagger_thresholds(model, splits["train"], splits["val"], config)
     metrics = {"test": evaluate(model, splits["test"], config.train.eval_batch_size, window)}
@@ -289,16 +289,14 @@ def run_sweep(sweep: SweepConfig, output: Path, log: Callable[[str], None] = pri
     (output / "sweep.yaml").write_text(yaml.safe_dump(sweep.model_dump(), sort_keys=False))
     if not sweep.trusted_validation:
         log(f"WARNING: {UNTRUSTED_VALIDATION_WARNING}")
-    table = load_manifest_table(base)
-    vocabulary = LabelVocabulary.from_table(table)
-    train_rows = table.filter(pc.equal(table["split"], "train"))
-    if not pc.any(pc.equal(table["split"], "val")).as_py():
-        raise ManifestError(f"{base.data.manifest}: no val split, and a sweep chooses on the val split")
-    scores_dir = teacher_scores(base, run, train_rows, vocabulary, log)
+    vocabulary = LabelVocabulary.from_table(load_manifest_table(base))
+    splits, rejects = readable_splits(base)  # an empty or mostly unreadable split stops the sweep here
+    write_rejects(output / REJECTS, rejects)
+    scores_dir = teacher_scores(base, run, splits, vocabulary, log)
     version = scores_version(scores_dir)
     log(f"teacher: trained and scored once (scores {version} in {scores_dir}); every trial derives its flags there")
 
-    setup = TrialSetup(base, sweep, epochs, vocabulary.names, str(scores_dir), version, str(output))
+    setup = TrialSetup(base, sweep, epochs, vocabulary.names, str(scores_dir), version, str(output), splits)
     storage = sweep.storage or str(output)
     experiment = f"{storage.rstrip('/')}/{TUNE_NAME}"
     if ray.tune.Tuner.can_restore(experiment):

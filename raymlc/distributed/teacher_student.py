@@ -26,12 +26,12 @@ from raymlc.bundle import export_bundle
 from raymlc.checkpoint import CHECKPOINT, load_checkpoint
 from raymlc.config import PipelineConfig
 from raymlc.data import LabelVocabulary
-from raymlc.data.dataset import load_manifest_table, load_split
+from raymlc.data.dataset import REJECTS, load_manifest_table, load_split, write_rejects
 from raymlc.data.files import write_json
 from raymlc.distributed.cluster import ensure_ray
 from raymlc.distributed.flagging import flag_counts_local, select_flags, write_enhanced_labels
 from raymlc.distributed.scoring import read_rejects, score_manifest
-from raymlc.distributed.training import train_distributed
+from raymlc.distributed.training import readable_splits, train_distributed
 from raymlc.flagging import FlagResult, crossfit_folds, flags_from_pairs, load_flags, save_flags
 from raymlc.metrics import SUMMARY_KEYS, SUMMARY_NAMES, average_precision_per_class, flag_quality, summarize
 from raymlc.report import write_report
@@ -67,11 +67,12 @@ def _train_model(
     name: str,
     vocabulary: LabelVocabulary,
     log: Callable[[str], None],
+    splits: dict[str, pa.Table],
     label_source: str = "observed",
     flags: Path | None = None,
     holdout_fold: int | None = None,
 ) -> None:
-    """Train one model with Ray Train unless the run directory already holds it."""
+    """Train one model on `splits` with Ray Train unless the run directory already holds it."""
     if run.done(name):
         log(f"{name}: already trained, skipping")
         return
@@ -80,6 +81,7 @@ def _train_model(
         config,
         f"{run.root.resolve().name}-{name}",
         vocabulary,
+        splits,
         label_source,
         str(flags) if flags else None,
         holdout_fold,
@@ -104,13 +106,19 @@ def run_pipeline(config: PipelineConfig, output: Path, log: Callable[[str], None
     ensure_ray()
     run = RunDirectory(output)
     (output / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
-    table = load_manifest_table(config)
-    vocabulary = LabelVocabulary.from_table(table)
-    train_rows = table.filter(pc.equal(table["split"], "train"))
+    vocabulary = LabelVocabulary.from_table(load_manifest_table(config))
+    splits, rejects = readable_splits(config)  # every clip probed before any training
+    write_rejects(output / REJECTS, rejects)
+    table, train_rows = pa.concat_tables(splits.values()), splits["train"]
     has_removed = bool(pc.sum(pc.list_value_length(train_rows["removed_labels"])).as_py() or 0)
-    log(f"data: {len(train_rows)} train clips, {len(vocabulary)} labels, removed labels recorded: {has_removed}")
+    log(
+        f"data: {len(train_rows)} train clips, {len(vocabulary)} labels, removed labels recorded: {has_removed}, "
+        f"{len(rejects)} clips rejected ({output / REJECTS})"
+    )
+    for reject in rejects:
+        log(f"  rejected {reject['clip_id']} ({reject['split']}): {reject['reason']}")
 
-    scores_dir = teacher_scores(config, run, train_rows, vocabulary, log)
+    scores_dir = teacher_scores(config, run, splits, vocabulary, log)
 
     flags = output / FLAGS
     if not run.done("flags"):
@@ -128,11 +136,11 @@ def run_pipeline(config: PipelineConfig, output: Path, log: Callable[[str], None
 
     student_config = config.model_copy(deep=True)
     student_config.train.loss = config.student_loss
-    _train_model(student_config, run, "student", vocabulary, log, flags=flags)
+    _train_model(student_config, run, "student", vocabulary, log, splits=splits, flags=flags)
     if has_removed and config.references:
         perfect = _perfect_flags(train_rows, vocabulary, output / "perfect_flags.parquet")
-        _train_model(student_config, run, "perfect_mask", vocabulary, log, flags=perfect)
-        _train_model(config, run, "oracle", vocabulary, log, label_source="clean")
+        _train_model(student_config, run, "perfect_mask", vocabulary, log, splits=splits, flags=perfect)
+        _train_model(config, run, "oracle", vocabulary, log, label_source="clean", splits=splits)
 
     metrics = _evaluate_models(config, run, table, vocabulary, has_removed, scores_dir, load_flags(str(flags)))
     write_json(output / "metrics.json", metrics)
@@ -147,20 +155,18 @@ def run_pipeline(config: PipelineConfig, output: Path, log: Callable[[str], None
 def teacher_scores(
     config: PipelineConfig,
     run: RunDirectory,
-    train_rows: pa.Table,
+    splits: dict[str, pa.Table],
     vocabulary: LabelVocabulary,
     log: Callable[[str], None],
 ) -> Path:
     """Stages 1-2, each skipped when done: the teacher (Ray Train), then its scores of the train split
-    (Ray Data) in `run.root/scores`, with the clips that could not be scored in `rejects.parquet`."""
-    _train_model(config, run, "teacher", vocabulary, log)
+    (Ray Data) in `run.root/scores`; a clip that opened for the probe but could not be scored is logged."""
+    _train_model(config, run, "teacher", vocabulary, log, splits=splits)
     scores_dir = run.root / "scores"
     if not run.done("scores"):
-        _score_train_split(config, run, train_rows, vocabulary, scores_dir, log)
-        rejects = read_rejects(scores_dir)
-        pq.write_table(rejects, run.root / "rejects.parquet")
-        for reject in rejects.to_pylist():
-            log(f"  rejected {reject['clip_id']}: {reject['reason']}")
+        _score_train_split(config, run, splits, vocabulary, scores_dir, log)
+        for reject in read_rejects(scores_dir).to_pylist():
+            log(f"  not scored {reject['clip_id']}: {reject['reason']}")
         run.mark_done("scores")
     return scores_dir
 
@@ -168,13 +174,13 @@ def teacher_scores(
 def _score_train_split(
     config: PipelineConfig,
     run: RunDirectory,
-    train_rows: pa.Table,
+    splits: dict[str, pa.Table],
     vocabulary: LabelVocabulary,
     scores_dir: Path,
     log: Callable[[str], None],
 ) -> None:
     """Teacher scores of the train split: in-sample, or each fold by the teacher trained without it."""
-    folds = config.flagging.crossfit_folds
+    folds, train_rows = config.flagging.crossfit_folds, splits["train"]
     if not folds:
         log("scores: teacher scoring the train split on Ray Data")
         score_manifest(train_rows, str(run.model("teacher")), scores_dir, config.scoring)
@@ -183,7 +189,7 @@ def _score_train_split(
     fold_of_row = crossfit_folds(len(train_rows), folds, config.train.seed)
     rows = train_rows.append_column("row_index", pa.array(np.arange(len(train_rows), dtype=np.int64)))
     for fold in range(folds):
-        _train_model(config, run, f"teacher-fold{fold}", vocabulary, log, holdout_fold=fold)
+        _train_model(config, run, f"teacher-fold{fold}", vocabulary, log, splits=splits, holdout_fold=fold)
         held_out = rows.filter(pa.array(fold_of_row == fold))
         score_manifest(held_out, str(run.model(f"teacher-fold{fold}")), scores_dir / f"fold{fold}", config.scoring)
 
@@ -223,7 +229,7 @@ def _evaluate_models(
     metrics["flags"] = quality if has_removed else {"count": quality["count"], "precision": None, "recall": None}
     metrics["flag_precision_per_class"] = per_class_precision.tolist() if has_removed else None
     metrics |= recovered({name: metrics[name]["map"] for name in MODELS if metrics[name]})
-    metrics["rejects"] = pq.read_metadata(run.root / "rejects.parquet").num_rows
+    metrics["rejects"] = pq.read_metadata(run.root / REJECTS).num_rows
     return metrics
 
 

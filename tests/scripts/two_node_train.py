@@ -18,7 +18,7 @@ from private_cluster import private_cluster
 from raymlc.config import PipelineConfig
 from raymlc.data import LabelVocabulary
 from raymlc.data.dataset import load_manifest_table
-from raymlc.distributed.training import train_distributed
+from raymlc.distributed.training import readable_splits, train_distributed
 
 
 def main() -> None:
@@ -40,11 +40,18 @@ def main() -> None:
                 "frontend": {"window_seconds": 1.0, "n_mels": 32},
                 "model": {"channels": [8, 16], "embedding_dim": 16},
                 "train": {"epochs": 1, "batch_size": 16},
-                "ray": {"num_workers": 2, "cpus_per_worker": 1, "storage_path": args.storage, "max_failures": 0},
+                "ray": {
+                    "num_workers": 2,
+                    "cpus_per_worker": 0.75,
+                    "cpus_per_reader": 0.25,
+                    "storage_path": args.storage,
+                    "max_failures": 0,
+                },
             }
         )
         vocabulary = LabelVocabulary.from_table(load_manifest_table(config))
-        result = train_distributed(config, "two-nodes", vocabulary)
+        splits, _ = readable_splits(config)
+        result = train_distributed(config, "two-nodes", vocabulary, splits)
         nodes = sorted(node["NodeID"] for node in ray.nodes() if node["Alive"])
         print(json.dumps({"nodes": nodes, "checkpoint": result.checkpoint.path, "history": result.history}))
 
