@@ -30,6 +30,7 @@ import soundfile as sf
 
 from raymlc.config import PipelineConfig
 from raymlc.data import LabelVocabulary
+from raymlc.data.dataset import load_manifest_table
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 SR, SECONDS = 16000, 10.0
@@ -159,7 +160,7 @@ def main() -> None:
         sampler.start()
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         started = time.perf_counter()
-        splits, rejects = readable_splits(config)
+        splits, rejects = readable_splits(load_manifest_table(config), config)
         probed = time.perf_counter() - started
         result = train_distributed(config, "past-ram", LabelVocabulary(list(LABELS)), splits)
         wall = time.perf_counter() - started

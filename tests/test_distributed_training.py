@@ -15,7 +15,7 @@ import pytest
 
 from raymlc.config import PipelineConfig
 from raymlc.data import LabelVocabulary, normalize_manifest
-from raymlc.data.dataset import SplitData, load_split
+from raymlc.data.dataset import SplitData, load_manifest_table, load_split
 from raymlc.data.stream import EpochPlan
 from raymlc.distributed.training import flag_mask, readable_splits, train_distributed
 from raymlc.flagging import flags_from_pairs, save_flags
@@ -75,7 +75,7 @@ def test_flag_mask_zeroes_flagged_entries_of_the_loaded_shard_clips(tmp_path: Pa
 
 
 def train(config: PipelineConfig, name: str, vocabulary: LabelVocabulary = VOCABULARY):
-    splits, _ = readable_splits(config)
+    splits, _ = readable_splits(load_manifest_table(config), config)
     return train_distributed(config, name, vocabulary, splits)
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 import re
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -23,6 +23,9 @@ _TRUNCATED_WAV = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.MULTILINE)
 # Compressed formats whose frame count is an estimate: a short read within this fraction is not an error.
 _LENGTH_TOLERANCE = {"MP3": 0.01}
 _DECODE_ERRORS = (OSError, RuntimeError, ValueError, TypeError, EOFError, pa.ArrowException)
+
+
+T = TypeVar("T")
 
 
 class AudioError(Exception):
@@ -122,6 +125,24 @@ class Window:
         return first, min(stop, first + math.ceil((self.n_samples + skip) * ratio) + 1), skip
 
 
+def _with_file(source: str | Path, clip_id: str, use: Callable[[str | IO[bytes]], T]) -> T:
+    """`use(handle)` on the opened `source`, closed afterwards; any failure raised as `AudioError`."""
+    if not source:
+        raise AudioError(clip_id, "no audio path")
+    source = str(source)
+    try:
+        handle = _open(source, clip_id)
+        try:
+            return use(handle)
+        finally:
+            if not isinstance(handle, str):
+                handle.close()
+    except AudioError:
+        raise
+    except _DECODE_ERRORS as error:
+        raise AudioError(clip_id, f"cannot decode {source}: {error}") from error
+
+
 def decode_audio(
     source: str | Path,
     *,
@@ -137,20 +158,7 @@ def decode_audio(
     Local paths are read with soundfile; URIs with a scheme (s3://, gs://, file://) through pyarrow.fs.
     Any failure is raised as `AudioError` naming the clip.
     """
-    if not source:
-        raise AudioError(clip_id, "no audio path")
-    source = str(source)
-    try:
-        handle = _open(source, clip_id)
-        try:
-            data, file_rate, skip = _read(handle, clip_id, start_s, end_s, window)
-        finally:
-            if not isinstance(handle, str):
-                handle.close()
-    except AudioError:
-        raise
-    except _DECODE_ERRORS as error:
-        raise AudioError(clip_id, f"cannot decode {source}: {error}") from error
+    data, file_rate, skip = _with_file(source, clip_id, lambda handle: _read(handle, clip_id, start_s, end_s, window))
     if not np.isfinite(data).all():
         raise AudioError(clip_id, "audio contains NaN or Inf samples")
     wave = data.mean(axis=1, dtype=np.float32)
@@ -162,21 +170,13 @@ def decode_audio(
 def probe_audio(source: str, *, clip_id: str, start_s: float | None = None, end_s: float | None = None) -> None:
     """Check from the file's header, without decoding, that the clip exists, opens and has a non-empty
     [start_s, end_s) segment; `AudioError` naming the clip otherwise."""
-    if not source:
-        raise AudioError(clip_id, "no audio path")
-    try:
-        handle = _open(source, clip_id)
-        try:
-            with sf.SoundFile(handle) as file:
-                _check_truncated_wav(file, clip_id)
-                _frame_range(start_s, end_s, file.samplerate, file.frames, clip_id)
-        finally:
-            if not isinstance(handle, str):
-                handle.close()
-    except AudioError:
-        raise
-    except _DECODE_ERRORS as error:
-        raise AudioError(clip_id, f"cannot decode {source}: {error}") from error
+
+    def check(handle: str | IO[bytes]) -> None:
+        with sf.SoundFile(handle) as file:
+            _check_truncated_wav(file, clip_id)
+            _frame_range(start_s, end_s, file.samplerate, file.frames, clip_id)
+
+    _with_file(source, clip_id, check)
 
 
 def fit_window(wave: np.ndarray, n_samples: int, key: int | None = None) -> np.ndarray:

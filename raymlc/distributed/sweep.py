@@ -289,8 +289,9 @@ def run_sweep(sweep: SweepConfig, output: Path, log: Callable[[str], None] = pri
     (output / "sweep.yaml").write_text(yaml.safe_dump(sweep.model_dump(), sort_keys=False))
     if not sweep.trusted_validation:
         log(f"WARNING: {UNTRUSTED_VALIDATION_WARNING}")
-    vocabulary = LabelVocabulary.from_table(load_manifest_table(base))
-    splits, rejects = readable_splits(base)  # an empty or mostly unreadable split stops the sweep here
+    table = load_manifest_table(base)
+    vocabulary = LabelVocabulary.from_table(table)
+    splits, rejects = readable_splits(table, base)  # an empty or mostly unreadable split stops the sweep here
     write_rejects(output / REJECTS, rejects)
     scores_dir = teacher_scores(base, run, splits, vocabulary, log)
     version = scores_version(scores_dir)

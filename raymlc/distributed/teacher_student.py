@@ -106,8 +106,9 @@ def run_pipeline(config: PipelineConfig, output: Path, log: Callable[[str], None
     ensure_ray()
     run = RunDirectory(output)
     (output / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
-    vocabulary = LabelVocabulary.from_table(load_manifest_table(config))
-    splits, rejects = readable_splits(config)  # every clip probed before any training
+    table = load_manifest_table(config)
+    vocabulary = LabelVocabulary.from_table(table)
+    splits, rejects = readable_splits(table, config)  # every clip probed before any training
     write_rejects(output / REJECTS, rejects)
     table, train_rows = pa.concat_tables(splits.values()), splits["train"]
     has_removed = bool(pc.sum(pc.list_value_length(train_rows["removed_labels"])).as_py() or 0)

@@ -44,7 +44,6 @@ from raymlc.data.dataset import (
     SPLITS,
     SplitData,
     feature_matrix,
-    load_manifest_table,
     load_split,
     probe_rows,
     readable_rows,
@@ -294,10 +293,10 @@ def probe_on_cluster(rows: pa.Table) -> list[dict]:
     return ray.data.from_arrow(blocks).map_batches(_probe_block, batch_format="pyarrow", batch_size=None).take_all()
 
 
-def readable_splits(config: TaggerConfig) -> tuple[dict[str, pa.Table], list[dict]]:
-    """The configured manifest's train/val/test rows without the clips that cannot be read (probed on the
-    cluster), and the rejects; `ManifestError` when a split is empty or mostly unreadable (`readable_rows`)."""
-    table, rejects = readable_rows(load_manifest_table(config), config, probe_on_cluster)
+def readable_splits(table: pa.Table, config: TaggerConfig) -> tuple[dict[str, pa.Table], list[dict]]:
+    """The train/val/test rows of `table` (`load_manifest_table`) without the clips that cannot be read (probed
+    on the cluster), and the rejects; `ManifestError` when a split is empty or mostly unreadable."""
+    table, rejects = readable_rows(table, config, probe_on_cluster)
     return {name: table.filter(pc.equal(table.column("split"), name)) for name in SPLITS}, rejects
 
 

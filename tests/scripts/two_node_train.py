@@ -49,8 +49,9 @@ def main() -> None:
                 },
             }
         )
-        vocabulary = LabelVocabulary.from_table(load_manifest_table(config))
-        splits, _ = readable_splits(config)
+        table = load_manifest_table(config)
+        vocabulary = LabelVocabulary.from_table(table)
+        splits, _ = readable_splits(table, config)
         result = train_distributed(config, "two-nodes", vocabulary, splits)
         nodes = sorted(node["NodeID"] for node in ray.nodes() if node["Alive"])
         print(json.dumps({"nodes": nodes, "checkpoint": result.checkpoint.path, "history": result.history}))
