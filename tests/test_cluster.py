@@ -118,7 +118,7 @@ def run_script(command: list[str], env: dict[str, str], timeout: float) -> subpr
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         stdout, stderr = process.communicate()
-        pytest.fail(f"{command[1]} timed out after {timeout} s:\n{stderr[-3000:]}")
+        pytest.fail(f"{command[1]} timed out after {timeout} s:\n{stdout[-6000:]}\n{stderr[-2000:]}")
     finally:
         if process.poll() is None:  # interrupted (pytest-timeout, Ctrl-C): leave none of its processes behind
             os.killpg(process.pid, signal.SIGKILL)

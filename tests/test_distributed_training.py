@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -12,13 +13,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray.train
 
 from raymlc.config import PipelineConfig
 from raymlc.data import LabelVocabulary, normalize_manifest
 from raymlc.data.dataset import SplitData, load_manifest_table, load_split
 from raymlc.data.stream import EpochPlan
-from raymlc.distributed.training import flag_mask, readable_splits, train_distributed
-from raymlc.flagging import flags_from_pairs, save_flags
+from raymlc.distributed.training import build_trainer, flag_mask, readable_splits, train_distributed
+from raymlc.flagging import flags_from_pairs, load_flags, save_flags
 from raymlc.scoring import evaluate
 
 pytestmark = pytest.mark.slow
@@ -69,7 +71,7 @@ def test_flag_mask_zeroes_flagged_entries_of_the_loaded_shard_clips(tmp_path: Pa
     shard = pa.table({"clip_id": [f"t{i}" for i in shard_rows]})
     zeros = np.zeros((2, 2), np.float32)
     loaded = SplitData(["t3", "t4"], np.zeros((2, 1), np.float32), zeros, zeros, zeros)
-    mask = flag_mask(str(tmp_path / "flags.parquet"), loaded, shard, shard_rows)
+    mask = flag_mask(load_flags(str(tmp_path / "flags.parquet")), loaded, shard, shard_rows)
     np.testing.assert_array_equal(mask, [[0, 1], [1, 0]])
     assert mask.dtype == np.float32
 
@@ -152,3 +154,41 @@ def test_killed_worker_is_replaced_and_training_finishes(
     for epoch in range(4):
         steps = np.concatenate([traces(train_trace_dir, "kill", rank, epoch) for rank in range(2)], axis=1)
         np.testing.assert_array_equal(steps.ravel(), plan.slots(epoch)[0])
+
+
+def test_seed_workers_report_the_final_objective_through_the_callbacks(ray_session, tmp_path: Path) -> None:
+    # A sweep trial's shape: one worker per seed, flags, and an objective computed by the workers after the
+    # last epoch. It reaches the run's callbacks with the last report, as the seed mean and spread.
+    manifest = write_features_manifest(tmp_path / "m.parquet", n_train=200)
+    config = pipeline_config(manifest, tmp_path / "ray", 2, num_workers=1)
+    save_flags(flags_from_pairs(np.array([5, 7, 7]), np.array([0, 1, 2]), 3), str(tmp_path / "flags.parquet"))
+    directory = str(tmp_path)
+
+    class Record:  # the final objective: saves what it was given (per seed), returns the model's val mAP
+        def __call__(self, model, train: SplitData, val: SplitData, config, mask: np.ndarray | None) -> float:
+            np.save(Path(directory, f"mask-seed{config.train.seed}.npy"), mask)
+            Path(directory, f"train-seed{config.train.seed}.txt").write_text("\n".join(train.clip_ids))
+            return evaluate(model, val, 64, None)["map"]
+
+    class Collect(ray.train.UserCallback):  # runs in the controller: appends each report to a file
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            with Path(directory, "reports.jsonl").open("a") as out:
+                out.write(json.dumps(metrics[0]) + "\n")
+
+    splits, _ = readable_splits(load_manifest_table(config), config)
+    flags = str(tmp_path / "flags.parquet")
+    trainer = build_trainer(
+        config, "seeds", VOCABULARY, splits, flags=flags, seeds=[3, 4], callbacks=[Collect()], final_objective=Record()
+    )
+    assert trainer.fit().error is None
+    reports = [json.loads(line) for line in (tmp_path / "reports.jsonl").read_text().splitlines()]
+    assert [report["epoch"] for report in reports] == [1, 2] and "objective" not in reports[0]
+    expected = np.ones((200, 3), np.float32)
+    expected[[5, 7, 7], [0, 1, 2]] = 0
+    for seed in (3, 4):
+        np.testing.assert_array_equal(np.load(tmp_path / f"mask-seed{seed}.npy"), expected)
+        assert (tmp_path / f"train-seed{seed}.txt").read_text().split() == [f"c{i}" for i in range(200)]
+    # The objective here is each seed's val mAP, so its mean and spread are those of val_map.
+    assert reports[-1]["objective"] == pytest.approx(reports[-1]["val_map"])
+    assert reports[-1]["objective_std"] == pytest.approx(reports[-1]["val_map_std"])
+    assert reports[-1]["val_map_std"] > 0  # two different seeds

@@ -4,7 +4,8 @@ Stage 1 trains the teacher and scores the train split once (`teacher_student.tea
 sweep directory already has them). Stage 2 is a Tuner whose trials each derive flags from those scores
 with their own discard %, then run a `TorchTrainer` (the pipeline's training loop, one worker per seed)
 that reports the seed-mean validation metric every epoch through `TuneReportCallback`, which ASHA uses to
-stop poor trials early; a trial that finishes reports its objective once more. Rerunning the same command
+stop poor trials early; the report of a trial's last epoch holds its objective (for macro-F1, the adaptive
+thresholds' score, computed by the workers) and `final: 1`. Rerunning the same command
 restores the Tuner (`Tuner.restore`): finished trials are kept, unfinished ones continue.
 """
 
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pyarrow as pa
 import ray.tune
@@ -37,7 +37,7 @@ from raymlc.data.files import absolute, write_json
 from raymlc.distributed.cluster import ensure_ray
 from raymlc.distributed.flagging import select_flags_local
 from raymlc.distributed.teacher_student import RunDirectory, teacher_scores
-from raymlc.distributed.training import build_trainer, flag_mask, readable_splits, seed_state
+from raymlc.distributed.training import build_trainer, readable_splits
 from raymlc.flagging import save_flags
 from raymlc.scoring import evaluate
 from raymlc.sweep import (
@@ -72,15 +72,22 @@ class TrialSetup:
 
 class ObjectiveReport(TuneReportCallback):
     """`TuneReportCallback` that also reports the per-epoch objective (`key`, and its spread over seeds)
-    as `objective`, `objective_std`, plus the constant fields `extra`."""
+    as `objective`, `objective_std` (unless the workers computed it: `final_objective`), `final: 1` at the
+    last epoch, and the constant fields `extra`."""
 
-    def __init__(self, key: str, extra: dict) -> None:
+    def __init__(self, key: str, epochs: int, extra: dict) -> None:
         super().__init__()
-        self._key, self._extra = key, extra
+        self._key, self._epochs, self._extra = key, epochs, extra
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
-        objective = {"objective": metrics[0][self._key], "objective_std": metrics[0][f"{self._key}_std"]}
-        super().after_report(run_context, [metrics[0] | objective | self._extra, *metrics[1:]], checkpoint)
+        record = metrics[0]
+        objective = {
+            "objective": record.get("objective", record[self._key]),
+            "objective_std": record.get("objective_std", record[f"{self._key}_std"]),
+        }
+        if record["epoch"] == self._epochs:
+            objective["final"] = 1
+        super().after_report(run_context, [record | objective | self._extra, *metrics[1:]], checkpoint)
 
 
 class KeepNoMaskASHA(ASHAScheduler):
@@ -107,18 +114,6 @@ def scores_version(scores_dir: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def _seed_models(checkpoint: ray.train.Checkpoint, seeds: int) -> tuple[list[torch.nn.Module], list[dict]]:
-    """The final model of every seed in a trial's checkpoint (eval mode), and the seed-mean history."""
-    models = []
-    with checkpoint.as_directory() as directory:
-        for rank in range(seeds):
-            model, _, _ = load_checkpoint(Path(directory, CHECKPOINT))
-            state = torch.load(Path(directory, seed_state(rank)), map_location="cpu", weights_only=True)
-            model.load_state_dict(state["model_state"])
-            models.append(model.eval())
-    return models, state["history"]
-
-
 def run_trial(params: dict, setup: TrialSetup) -> None:
     """One Tune trial: flags for its discard %, the student's seeds on Ray Train, then its objective."""
     torch.set_num_threads(setup.base.ray.torch_threads)
@@ -136,39 +131,17 @@ def run_trial(params: dict, setup: TrialSetup) -> None:
         flag_count = int(result.counts.sum())
     seeds = [setup.base.train.seed + i for i in range(sweep.seeds)]
     constants = {"flags": flag_count, "teacher_scores": setup.scores_version}
-    trainer = build_trainer(
+    build_trainer(
         config,
         trial_id,
         vocabulary,
         setup.splits,
         flags=str(flags_path) if flags_path else None,
         seeds=seeds,
-        callbacks=[ObjectiveReport(f"val_{sweep.objective}", constants)],
-    )
-    checkpoint = trainer.fit().checkpoint
-    models, history = _seed_models(checkpoint, len(seeds))
-    last = history[-1]
-    values = [last[f"val_{sweep.objective}"]]
-    if sweep.objective == "macro_f1":  # the trial's adaptive thresholds, judged on clips they were not fitted on
-        train_rows = setup.splits["train"]
-        train = load_split(train_rows, vocabulary, None, config)
-        val = load_split(setup.splits["val"], vocabulary, None, config)
-        positions = np.arange(len(train_rows))
-        mask = flag_mask(str(flags_path), train, train_rows, positions) if flags_path else None
-        values = [validation_macro_f1(m, train, val, config, mask) for m in models]
-    ray.tune.report(
-        {key: value for key, value in last.items() if key.startswith("val_")}
-        | {
-            "epoch": last["epoch"],
-            "objective": float(np.mean(values)),
-            "objective_std": float(np.std(values))
-            if sweep.objective == "macro_f1"
-            else last[f"val_{sweep.objective}_std"],
-            "final": 1,
-            "checkpoint_path": checkpoint.path,
-        }
-        | constants
-    )
+        callbacks=[ObjectiveReport(f"val_{sweep.objective}", setup.epochs, constants)],
+        # macro-F1 of the trial's adaptive thresholds, judged on clips they were not fitted on
+        final_objective=validation_macro_f1 if sweep.objective == "macro_f1" else None,
+    ).fit()
 
 
 def _tuner_trainable(setup: TrialSetup):
@@ -235,12 +208,10 @@ def _trial_rows(grid: ray.tune.ResultGrid, seeds: int) -> list[dict]:
 
 
 def _objective_by_epoch(result: ray.tune.Result) -> list[float]:
-    """The trial's per-epoch objective (the last report of each epoch before the final one)."""
+    """The trial's objective at each epoch it reported."""
     frame = result.metrics_dataframe
     if frame is None or "objective" not in frame or "epoch" not in frame:
         return []
-    if "final" in frame:
-        frame = frame[frame["final"].isna()]
     return frame.groupby("epoch")["objective"].last().sort_index().tolist()
 
 

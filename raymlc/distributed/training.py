@@ -17,6 +17,10 @@ tasks on one worker, 3.5 ms on two).
 
 With `seeds` (a sweep trial), worker r instead trains its own model with seed `seeds[r]` on the whole
 train split (no DDP); every worker evaluates on val and rank 0 reports the mean (and std) over seeds.
+A sweep's objective that needs the trained model (adaptive-threshold macro-F1) is computed there too, after
+the last epoch (`final_objective`), so that every result of a Tune trial reaches Tune through its
+`TuneReportCallback`: a trial function that also calls `ray.tune.report` after `fit()` races the callback's
+queue and can deadlock the trial (seen as a sweep that never ends).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import os
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,11 +54,14 @@ from raymlc.data.dataset import (
 )
 from raymlc.data.files import absolute
 from raymlc.data.stream import EpochPlan, ManifestClips
-from raymlc.flagging import crossfit_folds, flag_mask_for, load_flags
+from raymlc.flagging import FlagResult, crossfit_folds, flag_mask_for, load_flags
 from raymlc.scoring import evaluate
 from raymlc.training import Stepper, cosine_lr, make_optimizer, new_model, train_plan
 
 TRAIN_STATE = "train_state.pt"
+# A metric of a trained model computed by the workers after the last epoch (a sweep trial's objective):
+# (model in eval mode, loaded train split, val split, config, train loss mask or None) -> value.
+FinalObjective = Callable[[torch.nn.Module, SplitData, SplitData, TaggerConfig, np.ndarray | None], float]
 BATCHES_PER_BLOCK = 8  # worker batches per reader task
 PROBE_ROWS = 1024  # clips per probe task
 PROBE_SCHEMA = pa.schema([(name, pa.string()) for name in ("clip_id", "audio", "reason")])
@@ -79,12 +86,12 @@ class TrainResult:
         return model.eval()
 
 
-def flag_mask(flags_path: str, train: SplitData, shard: pa.Table, shard_rows: np.ndarray) -> np.ndarray:
-    """Loss mask [N, C] of the loaded clips of `shard` (train-split positions `shard_rows`): 0 where the saved
-    `FlagResult` flags (row, class), else 1."""
+def flag_mask(flags: FlagResult, train: SplitData, shard: pa.Table, shard_rows: np.ndarray) -> np.ndarray:
+    """Loss mask [N, C] of the loaded clips of `shard` (train-split positions `shard_rows`): 0 where `flags`
+    flags (row, class), else 1."""
     position = dict(zip(shard.column("clip_id").to_pylist(), shard_rows.tolist(), strict=True))
     rows = np.array([position[clip_id] for clip_id in train.clip_ids], dtype=np.int64)
-    return (~flag_mask_for(rows, load_flags(flags_path))).astype(np.float32)
+    return (~flag_mask_for(rows, flags)).astype(np.float32)
 
 
 _READERS: dict[tuple, tuple[ManifestClips, np.ndarray, np.ndarray]] = {}
@@ -180,6 +187,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     stream_rank, stream_world = (0, 1) if seeds else (rank, world_size)
     stream = worker_batches(loop_config, plan, stream_rank, stream_world, start_epoch)
     trace = os.environ.get("RAYMLC_TRAIN_TRACE_DIR")  # lets tests see the rows of each worker's batches
+    final_objective = loop_config.get("final_objective") if evaluates else None
 
     for epoch in range(start_epoch, config.train.epochs):
         for group in optimizer.param_groups:
@@ -195,6 +203,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if val is not None and len(val):
             scores = evaluate(core, val, config.train.eval_batch_size, window)
             record |= {f"val_{key}": value for key, value in scores.items()}
+        if final_objective is not None and epoch + 1 == config.train.epochs:
+            record["objective"] = _final_objective(final_objective, core, config, loop_config, vocabulary, val)
         if seeds:
             record = _mean_over_seeds(record, world_size)
         with tempfile.TemporaryDirectory() as directory:
@@ -207,6 +217,22 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 _save(Path(directory), state_file, core, optimizer, epoch + 1, history, config, vocabulary, feature_dim)
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(record, checkpoint=checkpoint)
+
+
+def _final_objective(
+    objective: FinalObjective,
+    model: torch.nn.Module,
+    config: TaggerConfig,
+    loop_config: dict,
+    vocabulary: LabelVocabulary,
+    val: SplitData,
+) -> float:
+    """`objective` of the trained model, given the loaded train split and its loss mask (flags)."""
+    train_rows = ray.get(loop_config["train_rows"])
+    train = load_split(train_rows, vocabulary, None, config, loop_config["label_source"])
+    flags = loop_config["flags"]
+    mask = None if flags is None else flag_mask(ray.get(flags), train, train_rows, np.arange(len(train_rows)))
+    return float(objective(model.eval(), train, val, config, mask))
 
 
 def _mean_over_seeds(record: dict, world_size: int) -> dict:
@@ -250,10 +276,12 @@ def build_trainer(
     flags: str | None = None,
     seeds: list[int] | None = None,
     callbacks: list | None = None,
+    final_objective: FinalObjective | None = None,
 ) -> TorchTrainer:
     """The `TorchTrainer` of one run under `config.ray.storage_path/name` on the `train` and `val` rows of
     `splits` (already checked: `readable_splits`): `config.ray.num_workers` DDP workers sharing every global
-    batch, or with `seeds` one worker per seed, each training its own model (see the module docstring)."""
+    batch, or with `seeds` one worker per seed, each training its own model (see the module docstring).
+    With `final_objective`, the last epoch's report also holds its value as `objective`."""
     ray_config = config.ray
     return TorchTrainer(
         train_loop_per_worker,
@@ -266,6 +294,7 @@ def build_trainer(
             "label_source": label_source,
             "flags": ray.put(load_flags(absolute(flags))) if flags else None,
             "seeds": seeds,
+            "final_objective": final_objective,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=len(seeds) if seeds else ray_config.num_workers,
