@@ -6,7 +6,7 @@ Writes `--files` distinct 10-s FLAC clips (16 kHz; a tone, a noise burst or both
 train rows that list them repeatedly under distinct clip ids (84,000 × 10 s × 16 kHz × 4 B = 50 GiB
 decoded), plus 100 val rows. Trains a small CNN (1-s random crops, global batch 16) with 2 DDP workers for
 `--steps` optimizer steps (2 epochs of `steps / 2`), every clip probed first. A sampler reads /proc every 2 s:
-the RSS of every process of the run (driver, Train workers, reader tasks' workers, Ray's own) and Ray's
+the RSS of every process of the run (driver, Train workers, reader actors, Ray's own) and Ray's
 object-store use. Prints the peak RSS of each process kind, first-to-last RSS of the Train workers, object
 store peak, samples/s; writes bench/results/past_ram.json. Goal: each process <= 3 GiB and flat.
 """
@@ -64,7 +64,7 @@ def process_kind(pid: int, driver: int) -> str | None:
         return None
     for marker, kind in (
         ("RayTrainWorker", "train worker"),
-        ("read_slots", "reader"),
+        ("SlotReader", "reader"),
         ("raylet", "raylet"),
         ("gcs_server", "gcs"),
         ("ray::", "other ray worker"),

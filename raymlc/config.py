@@ -200,9 +200,9 @@ class RayTrainConfig(Strict):
     cpus_per_worker: float = Field(0.5, gt=0)
     use_gpu: bool = False
     torch_threads: int = Field(1, ge=1)
-    # Each worker's batches are read (decoded, cropped) by Ray tasks, this many ahead of its training step.
+    # Each worker's batches are read (decoded, cropped) by this many reader actors, a block ahead each.
     readers_per_worker: int = Field(1, ge=1)
-    # CPUs a reader task reserves. 0 (like PyTorch DataLoader workers): readers run beside the training
+    # CPUs a reader actor reserves. 0 (like PyTorch DataLoader workers): readers run beside the training
     # processes and can never wait for CPUs those hold; > 0 reserves CPUs, so on a cluster they go to nodes
     # with free CPUs.
     cpus_per_reader: float = Field(0.0, ge=0)

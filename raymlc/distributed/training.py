@@ -2,18 +2,20 @@
 
 The driver probes every clip on the cluster before any training (`readable_splits`) and hands the
 workers the train and val rows (paths and labels, through the object store). Each of W workers streams its
-batch_size / W share of every global batch of the epoch plan (`raymlc.data.stream`) from Ray tasks that
-decode only each slot's crop, in plan order (`worker_batches`), so the same config takes
+batch_size / W share of every global batch of the epoch plan (`raymlc.data.stream`) from its own reader
+actors that decode only each slot's crop, in plan order (`worker_batches`), so the same config takes
 the same steps on the same clips and crops at any worker count. Rank 0 evaluates on val and writes a
 checkpoint every epoch (model, optimizer, epoch, history); a replaced worker, or a rerun with the same name
 and storage path, resumes from the newest checkpoint and rebuilds the stream from that epoch.
 
-The stream is built in each worker from plain Ray tasks, not from a Ray Data dataset passed as `datasets=`:
+The stream is built in each worker from plain Ray actors, not from a Ray Data dataset passed as `datasets=`:
 Ray Train's split of a dataset hands blocks to whichever worker asks first and restarts it from the top
 after a failure, while the plan fixes which rows make each global batch and where an epoch starts; and a
 Ray Data executor inside the worker, once its output buffer is full, polls without waiting and holds the
 GIL the training step needs (measured here on a small MLP, batch 16: 110 ms per step against 0.5 ms with
-tasks on one worker, 3.5 ms on two).
+tasks on one worker, 3.5 ms on two). Actors rather than a task per block: once the worker pool holds more
+processes than CPUs, Ray reaps idle task workers within a second, so every block started a new Python
+process (importing torch) and the readers used more CPU than the training steps.
 
 With `seeds` (a sweep trial), worker r instead trains its own model with seed `seeds[r]` on the whole
 train split (no DDP); every worker evaluates on val and rank 0 reports the mean (and std) over seeds.
@@ -62,7 +64,7 @@ TRAIN_STATE = "train_state.pt"
 # A metric of a trained model computed by the workers after the last epoch (a sweep trial's objective):
 # (model in eval mode, loaded train split, val split, config, train loss mask or None) -> value.
 FinalObjective = Callable[[torch.nn.Module, SplitData, SplitData, TaggerConfig, np.ndarray | None], float]
-BATCHES_PER_BLOCK = 8  # worker batches per reader task
+BATCHES_PER_BLOCK = 8  # worker batches per read call
 PROBE_ROWS = 1024  # clips per probe task
 PROBE_SCHEMA = pa.schema([(name, pa.string()) for name in ("clip_id", "audio", "reason")])
 
@@ -94,50 +96,51 @@ def flag_mask(flags: FlagResult, train: SplitData, shard: pa.Table, shard_rows: 
     return (~flag_mask_for(rows, flags)).astype(np.float32)
 
 
-_READERS: dict[tuple, tuple[ManifestClips, np.ndarray, np.ndarray]] = {}
+class SlotReader:
+    """A Ray actor that reads worker `rank`'s share of the epoch plan: each slot's crop, targets and loss mask
+    (`ManifestClips.read`) and its train row. One process for the whole run (a task per block would start
+    worker processes again and again once the pool's idle ones are reaped), the rows and flags fetched once."""
 
-
-def read_slots(
-    epoch: int, positions: np.ndarray, loop_config: dict, plan: EpochPlan, rank: int, world_size: int
-) -> list[dict[str, np.ndarray]]:
-    """The batches at `positions` of worker `rank`'s share of `epoch`'s plan: each clip's crop, targets and
-    loss mask (`ManifestClips.read`) and its train row. The rows, flags and the epoch's slots are kept per
-    process between calls of the same epoch."""
-    key = (str(loop_config["train_rows"]), str(loop_config["flags"]), epoch, rank, world_size)
-    if key not in _READERS:
-        _READERS.clear()
+    def __init__(self, loop_config: dict, plan: EpochPlan, rank: int, world_size: int) -> None:
         config = TaggerConfig.model_validate(loop_config["config"])
         flags = ray.get(loop_config["flags"]) if loop_config["flags"] is not None else None
         vocabulary = LabelVocabulary(loop_config["vocabulary"])
-        source = ManifestClips(
-            ray.get(loop_config["train_rows"]), vocabulary, config, loop_config["label_source"], flags
-        )
-        _READERS[key] = (source, *plan.worker_slots(epoch, rank, world_size))
-    source, rows, keys = _READERS[key]
-    share = plan.batch_size // world_size
-    return [
-        source.read(rows[batch], keys[batch]) | {"rows": rows[batch]}
-        for batch in (positions[start : start + share] for start in range(0, len(positions), share))
-    ]
+        train_rows = ray.get(loop_config["train_rows"])
+        self.source = ManifestClips(train_rows, vocabulary, config, loop_config["label_source"], flags)
+        self.plan, self.rank, self.world_size = plan, rank, world_size
+        self.share = plan.batch_size // world_size
+        self.epoch, self.rows, self.keys = -1, np.empty(0, np.int64), np.empty(0, np.int64)
+
+    def read(self, epoch: int, positions: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """The batches at `positions` of this worker's slots of `epoch`."""
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.rows, self.keys = self.plan.worker_slots(epoch, self.rank, self.world_size)
+        batches = (positions[start : start + self.share] for start in range(0, len(positions), self.share))
+        return [self.source.read(self.rows[batch], self.keys[batch]) | {"rows": self.rows[batch]} for batch in batches]
 
 
 def worker_batches(
     loop_config: dict, plan: EpochPlan, rank: int, world_size: int, first_epoch: int
 ) -> Iterator[dict[str, np.ndarray]]:
     """Worker `rank`'s batches of every epoch from `first_epoch` on, in plan order: `BATCHES_PER_BLOCK` at a
-    time read by Ray tasks (`read_slots`, `ray.cpus_per_reader` CPUs each; on a cluster they run on any node),
-    `ray.readers_per_worker` of them running ahead of the training step."""
+    time from `ray.readers_per_worker` `SlotReader` actors (`ray.cpus_per_reader` CPUs each; on a cluster they
+    run on any node), one block per reader in flight ahead of the training step."""
     ray_config = RayTrainConfig.model_validate(loop_config["ray"])
-    reader = ray.remote(read_slots).options(num_cpus=ray_config.cpus_per_reader)
+    actor = ray.remote(SlotReader).options(num_cpus=ray_config.cpus_per_reader, max_restarts=3, max_task_retries=3)
+    readers = [actor.remote(loop_config, plan, rank, world_size) for _ in range(ray_config.readers_per_worker)]
     per_epoch = plan.steps * (plan.batch_size // world_size)
     block = plan.batch_size // world_size * BATCHES_PER_BLOCK
+    blocks = (
+        (epoch, np.arange(start, min(start + block, per_epoch)))
+        for epoch in range(first_epoch, plan_epochs(loop_config))
+        for start in range(0, per_epoch, block)
+    )
     pending: deque = deque()
-    for epoch in range(first_epoch, plan_epochs(loop_config)):
-        for start in range(0, per_epoch, block):
-            positions = np.arange(start, min(start + block, per_epoch))
-            pending.append(reader.remote(epoch, positions, loop_config, plan, rank, world_size))
-            if len(pending) > ray_config.readers_per_worker:
-                yield from ray.get(pending.popleft())
+    for index, (epoch, positions) in enumerate(blocks):
+        pending.append(readers[index % len(readers)].read.remote(epoch, positions))
+        if len(pending) > len(readers):
+            yield from ray.get(pending.popleft())
     while pending:
         yield from ray.get(pending.popleft())
 
