@@ -175,7 +175,7 @@ def main() -> None:
         by_kind[sampler.kinds[pid]] = max(by_kind[sampler.kinds[pid]], max(rss for _, rss in series))
     workers = {pid: series for pid, series in sampler.rss.items() if sampler.kinds[pid] == "train worker"}
     flat = {
-        str(pid): (series[len(series) // 4][1], series[-1][1]) for pid, series in workers.items() if len(series) > 4
+        str(pid): (series[len(series) // 2][1], series[-1][1]) for pid, series in workers.items() if len(series) > 4
     }
     print(
         f"probe: {len(rejects)} rejects in {probed:.0f} s; {steps} steps in {train_seconds:.0f} s of training "
@@ -183,8 +183,7 @@ def main() -> None:
     )
     print("peak RSS by process kind (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(by_kind.items())))
     print(
-        "train workers, RSS at a quarter of the run -> at the end (MiB): "
-        + ", ".join(f"{a:.0f} -> {b:.0f}" for a, b in flat.values())
+        "train workers, RSS halfway -> at the end (MiB): " + ", ".join(f"{a:.0f} -> {b:.0f}" for a, b in flat.values())
     )
     store_peak = max((used for _, used in sampler.store), default=float("nan"))
     print(f"object store peak: {store_peak:.0f} MiB; final val mAP {result.history[-1]['val_map']:.3f}")
@@ -198,7 +197,7 @@ def main() -> None:
         "wall_s": wall,
         "probe_s": probed,
         "peak_rss_mib": by_kind,
-        "train_worker_rss_quarter_to_end_mib": flat,
+        "train_worker_rss_half_to_end_mib": flat,
         "object_store_peak_mib": store_peak,
         "rss_series": {f"{sampler.kinds[pid]} {pid}": series for pid, series in sampler.rss.items()},
         "object_store_series": sampler.store,

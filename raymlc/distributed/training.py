@@ -196,8 +196,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(config.train, epoch)
         torch.manual_seed(config.train.seed * 1_000_003 + epoch * 1009 + rank)  # dropout, SpecAugment
-        seen: list[np.ndarray] = []
-        batches = (seen.append(batch["rows"]) or batch for batch in itertools.islice(stream, plan.steps))
+        seen: list[np.ndarray] = []  # with `trace`: copies, since a view would pin its whole block in the store
+        batches = itertools.islice(stream, plan.steps)
+        if trace:
+            batches = (seen.append(batch["rows"].copy()) or batch for batch in batches)
         started = time.perf_counter()
         record = {"epoch": epoch + 1, "train_loss": stepper.epoch(batches)}
         record["train_seconds"] = time.perf_counter() - started
